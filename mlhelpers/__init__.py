@@ -1,0 +1,19 @@
+"""mlhelpers: the helper package of the open textbook *Learning to Learn*.
+
+Each chapter derives an idea from scratch, then imports the helper that packages it:
+
+- :mod:`mlhelpers.tasks`: the batched :class:`~mlhelpers.tasks.Task` type (Chapter 1).
+- :mod:`mlhelpers.episodes`: episodic N-way K-shot samplers (Chapter 1).
+- :mod:`mlhelpers.data`: shipped Omniglot and regression task families (Chapter 1).
+- :mod:`mlhelpers.models`: conv4 and MLP backbones.
+- :mod:`mlhelpers.learners`: meta-learners sharing one interface (Chapters 3-5).
+- :mod:`mlhelpers.config`: quick mode and devices.
+"""
+
+__version__ = "0.1.0"
+
+from mlhelpers.config import budget, default_device, quick_mode, set_quick_mode
+from mlhelpers.seeding import seed_everything
+from mlhelpers.tasks import Task
+
+__all__ = ["Task", "budget", "default_device", "quick_mode", "seed_everything", "set_quick_mode"]

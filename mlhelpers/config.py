@@ -1,0 +1,56 @@
+"""Run-time switches shared by every chapter: quick mode and the default device.
+
+Quick mode shrinks training budgets (steps, episodes, tasks) so that every notebook runs in a
+couple of minutes in CI, while taking exactly the same code path as a full run. It is switched on
+by the environment variable ``MLHELPERS_QUICK=1`` (the test command sets it) or by
+:func:`set_quick_mode`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+import torch
+
+QUICK_ENV_VAR = "MLHELPERS_QUICK"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+_override: bool | None = None
+
+T = TypeVar("T")
+
+
+def quick_mode() -> bool:
+    """Return True when budgets should be small (CI, tests, a reader in a hurry)."""
+    if _override is not None:
+        return _override
+    value = os.environ.get(QUICK_ENV_VAR, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{QUICK_ENV_VAR}={os.environ[QUICK_ENV_VAR]!r} is not understood; "
+        f"expected one of {sorted(_TRUE | _FALSE - {''})}"
+    )
+
+
+def set_quick_mode(enabled: bool | None) -> None:
+    """Force quick mode on or off in this process; ``None`` returns control to the environment."""
+    global _override
+    _override = enabled
+
+
+def budget(full: T, quick: T) -> T:
+    """Pick a budget: ``full`` normally, ``quick`` in quick mode.
+
+    Example:
+        >>> steps = budget(full=20_000, quick=200)
+    """
+    return quick if quick_mode() else full
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU. Pass ``device=`` explicitly to override anywhere."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,201 @@
+"""Episodic task samplers: the one way every chapter draws tasks.
+
+A sampler owns a seeded ``torch.Generator`` (so a run is reproducible and can be resumed from its
+:meth:`TaskSampler.state_dict`) and returns a batched :class:`~mlhelpers.tasks.Task` on its device.
+
+:class:`EpisodicSampler` turns any :class:`~mlhelpers.data.labelled.LabelledDataset` into N-way,
+K-shot, Q-query classification episodes (Chapter 1 introduces them). The regression families in
+:mod:`mlhelpers.data.regression` are samplers too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+
+from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.seeding import make_generator
+from mlhelpers.tasks import Task
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """Return ``value`` if it is an int >= 1, else raise a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+class TaskSampler(ABC):
+    """Base class: a seeded source of task batches on a device."""
+
+    def __init__(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
+        self.generator = make_generator(seed)
+        self.device = torch.device(device)
+
+    @abstractmethod
+    def _sample(self, num_tasks: int) -> Task:
+        """Draw ``num_tasks`` tasks on the CPU using ``self.generator``."""
+
+    def sample(self, num_tasks: int = 1) -> Task:
+        """A batch of ``num_tasks`` fresh tasks on this sampler's device."""
+        check_positive_int("num_tasks", num_tasks)
+        return self._sample(num_tasks).to(self.device)
+
+    def batches(self, meta_batch_size: int, num_batches: int | None = None) -> Iterator[Task]:
+        """Yield ``num_batches`` batches of ``meta_batch_size`` tasks (forever if None)."""
+        check_positive_int("meta_batch_size", meta_batch_size)
+        done = 0
+        while num_batches is None or done < num_batches:
+            yield self.sample(meta_batch_size)
+            done += 1
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The random state, to resume sampling exactly where it stopped."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class EpisodicSampler(TaskSampler):
+    """N-way K-shot Q-query classification episodes from a labelled dataset.
+
+    Each episode draws ``n_way`` distinct classes of ``split``, then ``k_shot + q_query`` distinct
+    examples of each; the classes get the labels ``0 .. n_way - 1`` in random order. Support and
+    query are laid out class by class::
+
+        support_x [tasks, n_way * k_shot, C, H, W]   support_y [tasks, n_way * k_shot]
+        query_x   [tasks, n_way * q_query, C, H, W]  query_y   [tasks, n_way * q_query]
+
+    Args:
+        dataset: where the examples come from.
+        n_way, k_shot, q_query: classes per episode, support and query examples per class.
+        split: name of a class-disjoint split of ``dataset`` (None: all classes).
+        rotations: treat each class rotated by 0, 90, 180 and 270 degrees as four classes (the
+            standard Omniglot protocol of Santoro et al. 2016 and Vinyals et al. 2016).
+        within_group: draw all classes of an episode from one group (Omniglot: one alphabet, the
+            harder task of Lake et al. 2015); groups too small for ``n_way`` are skipped.
+        seed: seeds this sampler's generator (None: fresh entropy).
+        device: where the batches are put.
+
+    ``info`` holds ``classes`` and ``rotations`` ``[tasks, n_way]`` and the dataset indices
+    ``support_index`` ``[tasks, n_way * k_shot]`` and ``query_index`` ``[tasks, n_way * q_query]``.
+    """
+
+    def __init__(
+        self,
+        dataset: LabelledDataset,
+        n_way: int,
+        k_shot: int,
+        q_query: int,
+        split: str | None = None,
+        *,
+        rotations: bool = False,
+        within_group: bool = False,
+        seed: int | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(seed, device)
+        self.dataset = dataset
+        self.n_way = check_positive_int("n_way", n_way)
+        self.k_shot = check_positive_int("k_shot", k_shot)
+        self.q_query = check_positive_int("q_query", q_query)
+        self.split = split
+        self.rotations = bool(rotations)
+        self.within_group = bool(within_group)
+
+        classes = dataset.classes_of(split)
+        where = f"split {split!r}" if split is not None else "the dataset"
+        n_rot = 4 if self.rotations else 1
+        # The pool of episode classes: (class id, quarter turns) pairs.
+        self.pool_class = classes.repeat_interleave(n_rot)
+        self.pool_rotation = torch.arange(n_rot).repeat(len(classes))
+        if n_way > len(self.pool_class):
+            rot = f" ({len(classes)} x 4 rotations)" if self.rotations else ""
+            raise ValueError(
+                f"asked for n_way={n_way} classes per episode but {where} has only "
+                f"{len(self.pool_class)} classes{rot}"
+            )
+        counts = dataset.counts()[classes]
+        per_class = self.k_shot + self.q_query
+        if len(classes) and int(counts.min()) < per_class:
+            smallest = int(classes[counts.argmin()])
+            raise ValueError(
+                f"asked for k_shot + q_query = {self.k_shot} + {self.q_query} = {per_class} examples "
+                f"per class but class {smallest} ({dataset.class_names[smallest]!r}) of {where} "
+                f"holds only {int(counts.min())}"
+            )
+        if self.within_group:
+            if dataset.class_groups is None:
+                raise ValueError("within_group=True needs a dataset with class_groups")
+            pool_group = dataset.class_groups[self.pool_class]
+            groups = [
+                torch.nonzero(pool_group == g).flatten() for g in pool_group.unique().tolist()
+            ]
+            self.group_pools = [p for p in groups if len(p) >= n_way]
+            if not self.group_pools:
+                largest = max(len(p) for p in groups)
+                raise ValueError(
+                    f"within_group=True asked for n_way={n_way} classes from one group but the "
+                    f"largest group of {where} has only {largest} classes"
+                )
+        # Dataset indices of each class, padded: [num_classes, max_count]; padding is never drawn.
+        order = torch.argsort(dataset.labels, stable=True)
+        all_counts = dataset.counts()
+        self._max_count = int(all_counts.max())
+        starts = torch.cumsum(all_counts, 0) - all_counts
+        offsets = torch.arange(self._max_count)
+        positions = (starts[:, None] + offsets[None, :]).clamp(max=len(order) - 1)
+        self._index_table = order[positions]
+        self._counts = all_counts
+
+    def _choose_pool_entries(self, num_tasks: int) -> Tensor:
+        """``[tasks, n_way]`` indices into the class pool, distinct within each task."""
+        if not self.within_group:
+            scores = torch.rand(num_tasks, len(self.pool_class), generator=self.generator)
+            return scores.argsort(dim=1)[:, : self.n_way]
+        rows = []
+        for _ in range(num_tasks):
+            g = int(torch.randint(len(self.group_pools), (1,), generator=self.generator))
+            pool = self.group_pools[g]
+            pick = torch.randperm(len(pool), generator=self.generator)[: self.n_way]
+            rows.append(pool[pick])
+        return torch.stack(rows)
+
+    def _sample(self, num_tasks: int) -> Task:
+        entries = self._choose_pool_entries(num_tasks)  # [T, N]
+        classes = self.pool_class[entries]
+        rotations = self.pool_rotation[entries]
+        per_class = self.k_shot + self.q_query
+        # Draw per_class distinct examples of every chosen class in one vectorised step.
+        flat = classes.flatten()
+        scores = torch.rand(len(flat), self._max_count, generator=self.generator)
+        scores[torch.arange(self._max_count)[None, :] >= self._counts[flat][:, None]] = float("inf")
+        picks = scores.argsort(dim=1)[:, :per_class]
+        index = self._index_table[flat[:, None], picks].view(num_tasks, self.n_way, per_class)
+
+        x = self.dataset.images[index]  # [T, N, K+Q, C, H, W]
+        for quarter_turns in range(1, 4):
+            mask = rotations == quarter_turns
+            if mask.any():
+                x[mask] = torch.rot90(x[mask], quarter_turns, dims=(-2, -1))
+        labels = torch.arange(self.n_way)[None, :, None]
+        k, q = self.k_shot, self.q_query
+        shape = x.shape[3:]
+        return Task(
+            support_x=x[:, :, :k].reshape(num_tasks, self.n_way * k, *shape),
+            support_y=labels.expand(num_tasks, self.n_way, k).reshape(num_tasks, -1),
+            query_x=x[:, :, k:].reshape(num_tasks, self.n_way * q, *shape),
+            query_y=labels.expand(num_tasks, self.n_way, q).reshape(num_tasks, -1),
+            info={
+                "classes": classes,
+                "rotations": rotations,
+                "support_index": index[:, :, :k].reshape(num_tasks, -1),
+                "query_index": index[:, :, k:].reshape(num_tasks, -1),
+            },
+        )

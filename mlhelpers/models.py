@@ -1,0 +1,95 @@
+"""Backbones built from options: the standard 4-block conv net and an MLP.
+
+Any ``nn.Module`` works with the learners; these are the ones the chapters use.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from torch import nn
+
+from mlhelpers.episodes import check_positive_int
+
+Norm = Literal["batch", "task", "none"]
+
+
+def _norm_layer(norm: Norm, channels: int) -> nn.Module:
+    if norm == "batch":
+        # Ordinary BatchNorm: batch statistics in training, running statistics in eval mode.
+        return nn.BatchNorm2d(channels)
+    if norm == "task":
+        # Always the statistics of the current batch (one task's support or query set), never
+        # running averages: the "transductive" BatchNorm of the original MAML code.
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be one of 'batch', 'task', 'none', got {norm!r}")
+
+
+def conv_block(in_channels: int, out_channels: int, norm: Norm = "batch") -> nn.Sequential:
+    """3x3 conv (padding 1) -> norm -> ReLU -> 2x2 max-pool: halves height and width."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        _norm_layer(norm, out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+def conv4(
+    in_channels: int = 1,
+    hidden_channels: int = 64,
+    out_features: int | None = None,
+    *,
+    num_blocks: int = 4,
+    norm: Norm = "batch",
+    image_size: int = 28,
+) -> nn.Sequential:
+    """The standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
+
+    ``num_blocks`` conv blocks of ``hidden_channels`` filters, then a flatten. For 28x28 Omniglot
+    inputs the four blocks give ``[batch, 1, 28, 28] -> [batch, 64]`` features. With
+    ``out_features`` a linear head follows (``[batch, out_features]``), as MAML uses; ``image_size`` (height = width of the input) sets
+    its input width.
+
+    ``norm``: ``"batch"`` (ordinary BatchNorm with running statistics), ``"task"`` (batch
+    statistics always, no running statistics, as in the original MAML) or ``"none"``.
+    """
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("hidden_channels", hidden_channels)
+    check_positive_int("num_blocks", num_blocks)
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for _ in range(num_blocks):
+        layers.append(conv_block(channels, hidden_channels, norm))
+        channels = hidden_channels
+    layers.append(nn.Flatten())
+    if out_features is not None:
+        side = check_positive_int("image_size", image_size)
+        for _ in range(num_blocks):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"image_size={image_size} is too small for {num_blocks} pooling blocks")
+        head_in = hidden_channels * side * side
+        layers.append(nn.Linear(head_in, check_positive_int("out_features", out_features)))
+    return nn.Sequential(*layers)
+
+
+def mlp(
+    in_features: int,
+    out_features: int,
+    hidden: Sequence[int] = (40, 40),
+    activation: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """A multilayer perceptron ``[batch, in_features] -> [batch, out_features]``.
+
+    The default ``hidden=(40, 40)`` with ReLU is the sinusoid regressor of Finn et al. 2017.
+    """
+    sizes = [check_positive_int("in_features", in_features)]
+    sizes += [check_positive_int("hidden", h) for h in hidden]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), activation()]
+    layers.append(nn.Linear(sizes[-1], check_positive_int("out_features", out_features)))
+    return nn.Sequential(*layers)

@@ -1,0 +1,32 @@
+"""Reproducibility: one call seeds Python, NumPy and PyTorch."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed ``random``, NumPy and PyTorch (all devices) and return a CPU generator seeded alike.
+
+    On the CPU the same seed then gives the same numbers run after run. GPU kernels may still be
+    non-deterministic unless ``torch.use_deterministic_algorithms(True)`` is also set.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return make_generator(seed)
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU ``torch.Generator``: seeded when ``seed`` is given, else from fresh entropy."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

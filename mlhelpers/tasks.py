@@ -1,0 +1,128 @@
+"""One task type for every chapter: regression, few-shot classification and sequences.
+
+A :class:`Task` always holds a *batch* of tasks, so that learners can ``vmap`` or loop over the
+leading dimension::
+
+    support_x  [tasks, n_support, *x_shape]     e.g. [tasks, n_way * k_shot, 1, 28, 28]
+    support_y  [tasks, n_support, *y_shape]     e.g. [tasks, n_way * k_shot] (int64 labels 0..n_way-1)
+    query_x    [tasks, n_query, *x_shape]
+    query_y    [tasks, n_query, *y_shape]
+
+``info`` carries per-task metadata whose first dimension is also ``tasks`` (the sinusoid's
+amplitude, the classes an episode drew, ...). It is moved between devices with the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Task:
+    """A batch of tasks, each with a support set (to adapt on) and a query set (to be judged on)."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        parts = {
+            "support_x": self.support_x,
+            "support_y": self.support_y,
+            "query_x": self.query_x,
+            "query_y": self.query_y,
+        }
+        for name, value in parts.items():
+            if not isinstance(value, Tensor):
+                raise TypeError(f"Task.{name} must be a torch.Tensor, got {type(value).__name__}")
+            if value.dim() < 2:
+                raise ValueError(
+                    f"Task.{name} must have shape [tasks, examples, ...], got {tuple(value.shape)}"
+                )
+        n = self.support_x.shape[0]
+        for name, value in list(parts.items()) + [(f"info[{k!r}]", v) for k, v in self.info.items()]:
+            if value.shape[0] != n:
+                raise ValueError(
+                    f"Task.{name} holds {value.shape[0]} tasks but support_x holds {n}: "
+                    "every field needs the same leading [tasks] dimension"
+                )
+        if self.support_x.shape[1] != self.support_y.shape[1]:
+            raise ValueError(
+                f"support_x has {self.support_x.shape[1]} examples per task but support_y has "
+                f"{self.support_y.shape[1]}"
+            )
+        if self.query_x.shape[1] != self.query_y.shape[1]:
+            raise ValueError(
+                f"query_x has {self.query_x.shape[1]} examples per task but query_y has "
+                f"{self.query_y.shape[1]}"
+            )
+        if self.support_x.shape[1] < 1:
+            raise ValueError("a task needs at least one support example, got an empty support set")
+        devices = {v.device for v in parts.values()}
+        if len(devices) > 1:
+            raise ValueError(f"Task tensors live on different devices: {sorted(map(str, devices))}")
+
+    def __len__(self) -> int:
+        """Number of tasks in the batch."""
+        return self.support_x.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.support_x.device
+
+    @property
+    def n_support(self) -> int:
+        return self.support_x.shape[1]
+
+    @property
+    def n_query(self) -> int:
+        return self.query_x.shape[1]
+
+    def to(self, device: torch.device | str) -> "Task":
+        """A copy of the batch on ``device`` (no copy if it is already there)."""
+        return Task(
+            self.support_x.to(device),
+            self.support_y.to(device),
+            self.query_x.to(device),
+            self.query_y.to(device),
+            {k: v.to(device) for k, v in self.info.items()},
+        )
+
+    def __getitem__(self, index: int | slice | Tensor) -> "Task":
+        """The sub-batch ``index`` (an int keeps the leading dimension, with size 1)."""
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"task index {index} out of range for a batch of {len(self)}")
+            index = slice(index, index + 1 if index != -1 else None)
+        return Task(
+            self.support_x[index],
+            self.support_y[index],
+            self.query_x[index],
+            self.query_y[index],
+            {k: v[index] for k, v in self.info.items()},
+        )
+
+    def unbind(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Iterate over single tasks as ``(support_x, support_y, query_x, query_y)`` without the batch dim."""
+        for i in range(len(self)):
+            yield self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i]
+
+    @staticmethod
+    def cat(tasks: list["Task"]) -> "Task":
+        """Concatenate batches along the task dimension."""
+        if not tasks:
+            raise ValueError("Task.cat needs at least one batch, got an empty list")
+        keys = set(tasks[0].info)
+        return Task(
+            torch.cat([t.support_x for t in tasks]),
+            torch.cat([t.support_y for t in tasks]),
+            torch.cat([t.query_x for t in tasks]),
+            torch.cat([t.query_y for t in tasks]),
+            {k: torch.cat([t.info[k] for t in tasks]) for k in keys},
+        )
