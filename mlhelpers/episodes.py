@@ -11,7 +11,7 @@ K-shot, Q-query classification episodes (Chapter 1 introduces them). The regress
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -19,15 +19,7 @@ from torch import Tensor
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.seeding import make_generator
 from mlhelpers.tasks import Task
-
-
-def check_positive_int(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 1, else raise a ValueError/TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
+from mlhelpers.validation import check_positive_int
 
 
 class TaskSampler(ABC):

@@ -9,7 +9,7 @@ from typing import Literal, Sequence
 
 from torch import nn
 
-from mlhelpers.episodes import check_positive_int
+from mlhelpers.validation import check_positive_int
 
 Norm = Literal["batch", "task", "none"]
 

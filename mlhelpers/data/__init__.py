@@ -1,6 +1,2 @@
-"""Data: labelled collections, the shipped Omniglot, and regression task families."""
-
-from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.data.regression import LinearTasks, SinusoidTasks
-
-__all__ = ["LabelledDataset", "LinearTasks", "SinusoidTasks"]
+"""Data: labelled collections (:mod:`.labelled`), the shipped Omniglot (:mod:`.omniglot`) and
+regression task families (:mod:`.regression`). Import from the submodules."""

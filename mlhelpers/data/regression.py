@@ -13,8 +13,9 @@ import math
 import torch
 from torch import Tensor
 
-from mlhelpers.episodes import TaskSampler, check_positive_int
+from mlhelpers.episodes import TaskSampler
 from mlhelpers.tasks import Task
+from mlhelpers.validation import check_positive_int
 
 
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
