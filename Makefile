@@ -1,0 +1,66 @@
+# Learning to Learn: the book's commands.
+#
+#   make book    build the website from the notebooks' stored outputs into site/
+#   make test    run every test: tests/ and every notebook (executed in quick mode)
+#
+# Both use the active virtualenv/conda environment if there is one, else create .venv/ here
+# (see scripts/env.sh). `make help` lists the helpers.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+ENV := scripts/env.sh
+PYTEST_ARGS ?=
+# Per-cell limit for notebooks under test; quick mode keeps every cell far below it.
+CELL_TIMEOUT ?= 600
+SERVE_ADDR ?= 127.0.0.1:8000
+# notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
+NOTEBOOKS := $(wildcard notebooks)
+
+.PHONY: help env book serve test test-unit test-notebooks lab sync clean distclean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-15s %s\n", $$1, $$2}'
+
+env: ## create/refresh the environment (.venv unless one is active) and print its python
+	@$(ENV)
+
+book: ## build the website into site/ (mkdocs build --strict)
+	@$(ENV) python -m mkdocs build --strict
+
+serve: ## serve the website with live reload (http://127.0.0.1:8000)
+	@$(ENV) python -m mkdocs serve --dev-addr $(SERVE_ADDR)
+
+# One pytest run for both, so one summary line counts everything.
+# --nbval-lax: every cell must run without error; outputs (timings, random draws) are not
+# compared unless a cell is marked NBVAL_CHECK_OUTPUT.
+# --nbval-current-env: kernels run on the same interpreter as pytest (the environment's python),
+# whatever kernelspec a notebook's metadata or the user's Jupyter directories name.
+test: ## run every test: pytest on tests/ and every notebook in quick mode
+	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
+
+test-unit: ## run only tests/
+	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(PYTEST_ARGS)
+
+test-notebooks: ## run only the notebooks, in quick mode
+ifeq ($(NOTEBOOKS),)
+	@echo "no notebooks/ yet"
+else
+	@MLHELPERS_QUICK=1 $(ENV) python -m pytest notebooks \
+		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
+endif
+
+lab: ## start JupyterLab in notebooks/ with the environment's python
+	@$(ENV) jupyter lab --notebook-dir=notebooks
+
+sync: ## re-sync each notebook with its .py twin (jupytext; the newer file wins)
+	@shopt -s nullglob; nbs=(notebooks/*.ipynb); \
+	if [ $${#nbs[@]} -gt 0 ]; then $(ENV) jupytext --sync "$${nbs[@]}"; else echo "no notebooks"; fi
+
+clean: ## remove the built site and caches
+	rm -rf site .pytest_cache .cache
+
+distclean: clean ## also remove .venv
+	rm -rf .venv
