@@ -1,0 +1,255 @@
+"""The meta-training loop every chapter shares: sample tasks, minimise the meta-loss, validate, checkpoint.
+
+::
+
+    history = meta_train(learner, train_sampler, steps=2000, meta_batch_size=4,
+                         val_sampler=val_sampler, checkpoint_path="runs/protonet.pt", seed=0)
+
+Run it again with the same ``checkpoint_path`` and it resumes where it stopped (or returns at once
+if it already finished); on the CPU a resumed run ends with exactly the parameters of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mlhelpers import __version__
+from mlhelpers.checkpoint import _check_plain, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlhelpers.evaluation import evaluate
+from mlhelpers.seeding import seed_everything
+from mlhelpers.validation import check_positive_int
+
+
+@dataclass
+class History:
+    """What a training run recorded, step by step.
+
+    Attributes:
+        steps, train_loss: the meta-loss of every optimizer step (steps count from 1).
+        val_steps, val_metric, val_ci: the validation mean and 95% CI half-width at those steps.
+        metric: what ``val_metric`` measures, ``"accuracy"`` or ``"mse"`` (None before validation).
+        elapsed: wall-clock seconds spent training, summed over resumed runs.
+    """
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_metric: list[float] = field(default_factory=list)
+    val_ci: list[float] = field(default_factory=list)
+    metric: str | None = None
+    elapsed: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers, for checkpoints."""
+        return {k: list(v) if isinstance(v, list) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> "History":
+        """The inverse of :meth:`to_dict`; a ValueError names unknown keys."""
+        unknown = set(state) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"History.from_dict got unknown keys {sorted(unknown)}; expected a subset of "
+                             f"{sorted(cls.__dataclass_fields__)}")
+        return cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in state.items()})
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def meta_train(
+    learner: nn.Module,
+    train_sampler,
+    *,
+    steps: int,
+    meta_batch_size: int,
+    optimizer: torch.optim.Optimizer | None = None,
+    val_sampler=None,
+    val_every: int = 100,
+    val_episodes: int = 100,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 500,
+    seed: int | None = None,
+    config: dict[str, Any] | None = None,
+    progress: bool = True,
+    grad_clip: float | None = None,
+) -> History:
+    """Meta-train ``learner`` for ``steps`` optimizer steps on batches of ``meta_batch_size`` tasks.
+
+    Each step draws ``train_sampler.sample(meta_batch_size)``, minimises ``learner.meta_loss`` with
+    ``optimizer`` (default ``Adam(lr=1e-3)``), optionally clipping the gradient norm to
+    ``grad_clip``. Every ``val_every`` steps (multiples of it) the learner is evaluated on
+    ``val_episodes`` episodes of ``val_sampler`` in eval mode. A non-finite loss stops the run with
+    a RuntimeError naming the step, before anything is saved.
+
+    Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end. If the
+    file exists, training resumes from it (learner, optimizer, step, history, sampler and global
+    random states) and continues up to ``steps``; its configuration must match: ``config`` plus
+    ``meta_batch_size``, ``grad_clip`` and the optimizer's class (a ValueError lists differences).
+
+    ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run (initialise the model
+    yourself beforehand). Batches are moved to the device of the learner's parameters if needed.
+    """
+    if not isinstance(learner, nn.Module) or not callable(getattr(learner, "meta_loss", None)):
+        raise TypeError(f"learner must be a MetaLearner (an nn.Module with meta_loss), got {type(learner).__name__}")
+    if not callable(getattr(train_sampler, "sample", None)):
+        raise TypeError(f"train_sampler must be a TaskSampler, got {type(train_sampler).__name__}")
+    if val_sampler is not None and not callable(getattr(val_sampler, "sample", None)):
+        raise TypeError(f"val_sampler must be a TaskSampler or None, got {type(val_sampler).__name__}")
+    check_positive_int("steps", steps)
+    check_positive_int("meta_batch_size", meta_batch_size)
+    check_positive_int("val_every", val_every)
+    check_positive_int("val_episodes", val_episodes)
+    check_positive_int("checkpoint_every", checkpoint_every)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    if grad_clip is not None:
+        if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or not grad_clip > 0:
+            raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip!r}")
+        grad_clip = float(grad_clip)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"learner {type(learner).__name__} has no trainable parameters")
+    if optimizer is None:
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    run_config = _run_config(config, meta_batch_size=meta_batch_size, grad_clip=grad_clip,
+                             optimizer=type(optimizer).__name__)
+    device = params[0].device
+
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and path.exists():
+        state = load_checkpoint(path, expected_config=run_config)
+        if seed is not None and state.get("seed") is not None and state["seed"] != seed:
+            raise ValueError(
+                f"checkpoint {str(path)!r} was written by a run with seed={state['seed']}, "
+                f"but seed={seed} was given"
+            )
+        start = int(state["step"])
+        if start > steps:
+            raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
+        learner.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        train_sampler.load_state_dict(state["samplers"]["train"])
+        if val_sampler is not None and state["samplers"].get("val") is not None:
+            val_sampler.load_state_dict(state["samplers"]["val"])
+        set_rng_state(state["rng"])
+        history = History.from_dict(state["history"])
+        seed = state.get("seed", seed)
+    else:
+        if seed is not None:
+            seed_everything(seed)
+        start, history = 0, History()
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(path, {
+            "model": learner.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history.to_dict(),
+            "samplers": {
+                "train": train_sampler.state_dict(),
+                "val": val_sampler.state_dict() if val_sampler is not None else None,
+            },
+            "rng": rng_state(),
+            "config": run_config,
+            "seed": seed,
+            "version": __version__,
+        })
+
+    was_training = learner.training
+    elapsed_before, t0 = history.elapsed, time.perf_counter()
+    last_saved = start if path is not None and path.exists() else None
+    learner.train()
+    try:
+        with tqdm(total=steps, initial=start, desc="meta-train", unit="step", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for step in range(start + 1, steps + 1):
+                batch = train_sampler.sample(meta_batch_size)
+                if batch.device != device:
+                    batch = batch.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = learner.meta_loss(batch)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise TypeError(f"learner.meta_loss must return a scalar tensor, got {_describe(loss)}")
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise RuntimeError(_non_finite_message("loss", value, step, path, last_saved))
+                loss.backward()
+                if grad_clip is not None:
+                    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+                    if not math.isfinite(norm):
+                        raise RuntimeError(_non_finite_message("gradient norm", norm, step, path, last_saved))
+                optimizer.step()
+                history.steps.append(step)
+                history.train_loss.append(value)
+
+                if val_sampler is not None and step % val_every == 0:
+                    result = evaluate(learner, val_sampler, num_episodes=val_episodes)
+                    learner.train()
+                    history.val_steps.append(step)
+                    history.val_metric.append(result.mean)
+                    history.val_ci.append(result.ci95)
+                    history.metric = result.metric
+                history.elapsed = elapsed_before + time.perf_counter() - t0
+                if path is not None and (step % checkpoint_every == 0 or step == steps):
+                    checkpoint(step)
+                    last_saved = step
+                bar.set_postfix_str(_postfix(history), refresh=False)
+                bar.update(1)
+    finally:
+        learner.train(was_training)
+    return history
+
+
+def _run_config(config: dict[str, Any] | None, **loop: Any) -> dict[str, Any]:
+    """The user's ``config`` plus the loop settings that change the trained parameters."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a plain dict or None, got {type(config).__name__}")
+    _check_plain(config, "config")
+    merged = dict(config)
+    for key, value in loop.items():
+        if key in merged and merged[key] != value:
+            raise ValueError(f"config[{key!r}]={merged[key]!r} disagrees with the argument {key}={value!r}")
+        merged[key] = value
+    return merged
+
+
+def _non_finite_message(what: str, value: float, step: int, path: Path | None, last_saved: int | None) -> str:
+    message = f"meta_train: non-finite {what} ({value}) at step {step}; stopped before the optimizer step"
+    if path is not None:
+        if last_saved is not None:
+            message += f". The last checkpoint {str(path)!r} (step {last_saved}) is left unchanged"
+        else:
+            message += f". No checkpoint was written to {str(path)!r}"
+    return message
+
+
+def _postfix(history: History) -> str:
+    recent = history.train_loss[-50:]
+    text = f"loss={sum(recent) / len(recent):.4f}"
+    if history.val_metric:
+        mean, ci = history.val_metric[-1], history.val_ci[-1]
+        if history.metric == "accuracy":
+            text += f" val_acc={100 * mean:.1f}%±{100 * ci:.1f}"
+        else:
+            text += f" val_{history.metric}={mean:.3g}±{ci:.2g}"
+    return text
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,260 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlhelpers.checkpoint import load_checkpoint
+from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.data.regression import SinusoidTasks
+from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.evaluation import evaluate
+from mlhelpers.learners import MetaLearner, ProtoNet
+from mlhelpers.models import conv4, mlp
+from mlhelpers.training import History, meta_train
+
+
+def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8, noise: float = 1.5) -> LabelledDataset:
+    """Classes = a coarse (2x2 blocks) random pattern + strong per-pixel noise; split by class.
+
+    An untrained embedding is swamped by the noise; a trained one learns to average it away, which
+    transfers to the held-out test classes.
+    """
+    g = torch.Generator().manual_seed(0)
+    patterns = F.interpolate(torch.randn(num_classes, 1, 2, 2, generator=g), size=(size, size))
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = patterns[labels] + noise * torch.randn(len(labels), 1, size, size, generator=g)
+    return LabelledDataset(
+        images, labels, [f"c{c}" for c in range(num_classes)],
+        splits={"train": torch.arange(num_classes - 8), "test": torch.arange(num_classes - 8, num_classes)},
+    )
+
+
+DATA = synthetic_dataset()
+
+
+def mlp_protonet(seed: int = 0) -> ProtoNet:
+    torch.manual_seed(seed)
+    return ProtoNet(nn.Sequential(nn.Flatten(), mlp(64, 16, hidden=(32,))))
+
+
+def conv_protonet(seed: int = 0) -> ProtoNet:
+    """BatchNorm buffers and dropout (global torch RNG): both must survive a resume."""
+    torch.manual_seed(seed)
+    return ProtoNet(nn.Sequential(conv4(hidden_channels=8, num_blocks=2), nn.Dropout(0.2)))
+
+
+def train_sampler(seed: int = 0) -> EpisodicSampler:
+    return EpisodicSampler(DATA, 5, 5, 5, split="train", seed=seed)
+
+
+def test_history_round_trip():
+    history = History([1, 2], [0.5, 0.4], [2], [0.9], [0.01], "accuracy", 3.5)
+    assert History.from_dict(history.to_dict()) == history
+    with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
+        History.from_dict({"bogus": 1})
+
+
+def test_protonet_learns_classes_it_never_saw():
+    learner = mlp_protonet()
+    test = lambda: EpisodicSampler(DATA, 5, 5, 5, split="test", seed=1)  # noqa: E731
+    before = evaluate(learner, test(), num_episodes=100)
+    history = meta_train(learner, train_sampler(), steps=100, meta_batch_size=4, seed=0, progress=False,
+                         val_sampler=test(), val_every=50, val_episodes=20)
+    after = evaluate(learner, test(), num_episodes=100)
+    assert history.steps == list(range(1, 101))
+    assert history.val_steps == [50, 100] and history.metric == "accuracy"
+    first, last = sum(history.train_loss[:20]) / 20, sum(history.train_loss[-20:]) / 20
+    assert last < 0.5 * first, (first, last)
+    assert after.mean > 0.6, after  # chance is 0.2
+    assert after.mean > before.mean + 0.15, (before, after)
+    assert history.elapsed > 0
+
+
+class RidgeRegression(MetaLearner):
+    """Learned features + a ridge-regression head solved in closed form on each support set."""
+
+    def __init__(self, features: int = 32, ridge: float = 0.1) -> None:
+        super().__init__()
+        self.features = mlp(1, features, hidden=(40, 40))
+        self.ridge = ridge
+
+    def phi(self, x):
+        f = self.features(x)
+        return torch.cat([f, torch.ones_like(f[..., :1])], dim=-1)
+
+    def adapt(self, support_x, support_y):
+        p = self.phi(support_x)  # [T, K, D+1]
+        gram = p.transpose(1, 2) @ p + self.ridge * torch.eye(p.shape[-1])
+        return torch.linalg.solve(gram, p.transpose(1, 2) @ support_y)  # [T, D+1, 1]
+
+    def predict(self, adapted, query_x):
+        return self.phi(query_x) @ adapted
+
+
+def test_sinusoid_regression_error_drops():
+    torch.manual_seed(0)
+    learner = RidgeRegression()
+    before = evaluate(learner, SinusoidTasks(10, 20, seed=1), num_episodes=100)
+    history = meta_train(learner, SinusoidTasks(10, 20, seed=0), steps=150, meta_batch_size=8, seed=0,
+                         progress=False, val_sampler=SinusoidTasks(10, 20, seed=2), val_every=75, val_episodes=20)
+    after = evaluate(learner, SinusoidTasks(10, 20, seed=1), num_episodes=100)
+    assert history.metric == "mse"
+    assert after.mean < 0.5 and after.mean < before.mean / 4, (before, after)
+    assert history.val_metric[-1] < history.val_metric[0] * 1.5
+
+
+def _params(learner):
+    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
+
+
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
+    kwargs = dict(meta_batch_size=2, seed=7, progress=False, val_every=3, val_episodes=4, checkpoint_every=4)
+
+    straight = conv_protonet()
+    h_straight = meta_train(straight, train_sampler(), steps=10,
+                            val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=9), **kwargs)
+
+    path = tmp_path / "run.pt"
+    first = conv_protonet()
+    meta_train(first, train_sampler(), steps=6, checkpoint_path=path,
+               val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=9), **kwargs)
+    assert load_checkpoint(path)["step"] == 6
+    # A new process would rebuild everything from scratch, with a different initialisation even.
+    torch.manual_seed(123)
+    resumed = conv_protonet(seed=99)
+    h_resumed = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path,
+                           val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=9), **kwargs)
+
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert h_resumed.steps == list(range(1, 11))
+    assert h_resumed.train_loss == h_straight.train_loss
+    assert h_resumed.val_steps == h_straight.val_steps == [3, 6, 9]
+    assert h_resumed.val_metric == h_straight.val_metric
+    assert load_checkpoint(path)["step"] == 10
+
+    # Running again once finished changes nothing.
+    again = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path, **kwargs)
+    assert again.train_loss == h_straight.train_loss
+    for key, value in _params(resumed).items():
+        assert torch.equal(value, a[key])
+    with pytest.raises(ValueError, match="at step 10, beyond steps=5"):
+        meta_train(resumed, train_sampler(), steps=5, checkpoint_path=path, **kwargs)
+
+
+def test_same_seed_same_run_and_seed_mismatch_on_resume(tmp_path):
+    a, b = mlp_protonet(), mlp_protonet()
+    torch.manual_seed(1)  # meta_train's seed, not this, must decide the run
+    meta_train(a, train_sampler(), steps=5, meta_batch_size=2, seed=3, progress=False)
+    torch.manual_seed(2)
+    meta_train(b, train_sampler(), steps=5, meta_batch_size=2, seed=3, progress=False,
+               checkpoint_path=tmp_path / "b.pt")
+    for key, value in _params(a).items():
+        assert torch.equal(value, _params(b)[key])
+    with pytest.raises(ValueError, match="seed=3, but seed=4 was given"):
+        meta_train(b, train_sampler(), steps=8, meta_batch_size=2, seed=4, progress=False,
+                   checkpoint_path=tmp_path / "b.pt")
+
+
+class NaNAfter(MetaLearner):
+    """A ProtoNet whose meta-loss becomes NaN at the ``bad_step``-th call."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__()
+        self.inner = mlp_protonet()
+        self.bad_step, self.calls = bad_step, 0
+
+    def adapt(self, support_x, support_y):
+        return self.inner.adapt(support_x, support_y)
+
+    def predict(self, adapted, query_x):
+        return self.inner.predict(adapted, query_x)
+
+    def meta_loss(self, task):
+        self.calls += 1
+        loss = super().meta_loss(task)
+        return loss * float("nan") if self.calls == self.bad_step else loss
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    path = tmp_path / "run.pt"
+    kwargs = dict(meta_batch_size=2, progress=False, checkpoint_path=path, checkpoint_every=2, seed=0)
+    meta_train(NaNAfter(bad_step=99), train_sampler(), steps=4, **kwargs)
+    saved = path.read_bytes()
+
+    learner = NaNAfter(bad_step=3)  # resumed at step 4, so the third call is step 7
+    with pytest.raises(RuntimeError, match=r"non-finite loss \(nan\) at step 7") as error:
+        meta_train(learner, train_sampler(), steps=10, **kwargs)
+    assert "step 6" in str(error.value) and str(path) in str(error.value)
+    # Step 6 was checkpointed; nothing was saved after the bad step.
+    assert load_checkpoint(path)["step"] == 6
+    assert path.read_bytes() != saved
+
+    path2 = tmp_path / "run2.pt"
+    meta_train(NaNAfter(bad_step=99), train_sampler(), steps=4, **{**kwargs, "checkpoint_path": path2})
+    saved = path2.read_bytes()
+    with pytest.raises(RuntimeError, match="at step 5"):
+        meta_train(NaNAfter(bad_step=1), train_sampler(), steps=10, **{**kwargs, "checkpoint_path": path2})
+    assert path2.read_bytes() == saved  # byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt", "run2.pt"]  # no temporary files left
+
+
+def test_incompatible_config_on_resume_names_the_key(tmp_path):
+    path = tmp_path / "run.pt"
+    meta_train(mlp_protonet(), train_sampler(), steps=2, meta_batch_size=2, progress=False,
+               checkpoint_path=path, config={"lr": 1e-3, "backbone": "mlp"})
+    with pytest.raises(ValueError, match=r"'lr': saved 0.001, expected 0.01"):
+        meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=2, progress=False,
+                   checkpoint_path=path, config={"lr": 1e-2, "backbone": "mlp"})
+    with pytest.raises(ValueError, match=r"'meta_batch_size': saved 2, expected 3"):
+        meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=3, progress=False,
+                   checkpoint_path=path, config={"lr": 1e-3, "backbone": "mlp"})
+    with pytest.raises(ValueError, match=r"config\['meta_batch_size'\]=5 disagrees with the argument meta_batch_size=2"):
+        meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=2, progress=False,
+                   config={"meta_batch_size": 5})
+
+
+def test_grad_clip_bounds_the_update():
+    learner = mlp_protonet()
+    before = torch.cat([p.detach().flatten().clone() for p in learner.parameters()])
+    sgd = torch.optim.SGD(learner.parameters(), lr=1.0)
+    meta_train(learner, train_sampler(), steps=1, meta_batch_size=2, optimizer=sgd, grad_clip=1e-3, progress=False)
+    after = torch.cat([p.detach().flatten() for p in learner.parameters()])
+    step = (after - before).norm().item()
+    assert 0 < step <= 1e-3 * (1 + 1e-4), step
+
+
+def test_progress_bar_shows_loss_and_validation(capsys):
+    meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=2, progress=True,
+               val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=0), val_every=2, val_episodes=3)
+    err = capsys.readouterr().err
+    assert "loss=" in err and "val_acc=" in err
+    meta_train(mlp_protonet(), train_sampler(), steps=2, meta_batch_size=2, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_learner_mode_after_training_is_the_callers():
+    learner = mlp_protonet().eval()
+    meta_train(learner, train_sampler(), steps=2, meta_batch_size=2, progress=False,
+               val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=0), val_every=1, val_episodes=2)
+    assert learner.training is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"steps": 0}, ValueError, "steps must be at least 1, got 0"),
+        ({"meta_batch_size": 1.5}, TypeError, "meta_batch_size must be an int, got float"),
+        ({"val_every": 0}, ValueError, "val_every must be at least 1"),
+        ({"grad_clip": -1.0}, ValueError, "grad_clip must be a positive number or None, got -1.0"),
+        ({"seed": "0"}, TypeError, "seed must be an int or None, got str"),
+        ({"config": {"f": print}}, TypeError, r"config\['f'\] is a builtins.builtin_function_or_method"),
+        ({"optimizer": "adam"}, TypeError, "optimizer must be a torch.optim.Optimizer or None, got str"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, error, match):
+    arguments = {"steps": 2, "meta_batch_size": 2, "progress": False, **kwargs}
+    with pytest.raises(error, match=match):
+        meta_train(mlp_protonet(), train_sampler(), **arguments)
