@@ -98,7 +98,7 @@ def evaluate(
     if not callable(getattr(sampler, "sample", None)):
         raise TypeError(f"sampler must be a TaskSampler (with a sample(num_tasks) method), got {type(sampler).__name__}")
     device = _device_of(learner)
-    grad = torch.enable_grad() if getattr(learner, "needs_grad_to_adapt", True) else torch.no_grad()
+    grad = torch.enable_grad() if learner.needs_grad_to_adapt else torch.no_grad()
     was_training = learner.training
     learner.eval()
     values, metric = [], None

@@ -47,7 +47,12 @@ class MetaLearner(nn.Module, ABC):
     :meth:`meta_loss` is what the training loop minimises; learners whose meta-update is not the
     gradient of the post-adaptation query loss (first-order MAML, Reptile) override it with a
     surrogate whose gradient is their update.
+
+    ``needs_grad_to_adapt``: whether :meth:`adapt` takes gradient steps. Evaluation runs learners
+    that set it to False (metric learners) under ``torch.no_grad()`` to save memory.
     """
+
+    needs_grad_to_adapt: bool = True
 
     @abstractmethod
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Any:

@@ -30,6 +30,8 @@ class ProtoNet(MetaLearner):
     ``[tasks, n_query, n_way]``. The number of ways is read from the support labels (0..N-1).
     """
 
+    needs_grad_to_adapt = False
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
