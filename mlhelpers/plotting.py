@@ -1,7 +1,7 @@
 """Figures the chapters reuse: an episode as an image grid, learning curves, 1-D regression tasks.
 
 Every function returns its Figure or Axes and never calls ``plt.show()``; notebooks display the
-returned figure. Grayscale images are drawn with the ``"gray"`` colormap: high values are bright.
+returned figure. Grayscale images are drawn with the ``"gray_r"`` colormap: high values (ink) are dark, as on paper.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int
 
-GRAY_CMAP = "gray"
+GRAY_CMAP = "gray_r"
 _PREDICTION_COLORS = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 
 
@@ -50,7 +50,7 @@ def show_episode(
     """Draw classification episode ``index`` of ``task``: support set on top, query set below.
 
     One column per class (headed by its label 0..N-1), up to ``max_per_class`` rows of examples in
-    each part. Images ``[C, H, W]``: ``C == 1`` is drawn with the ``"gray"`` colormap (high values
+    each part. Images ``[C, H, W]``: ``C == 1`` is drawn with the ``"gray_r"`` colormap (high values
     bright) on one colour scale for the whole episode; ``C == 3`` as RGB, rescaled to [0, 1].
     """
     i = _check_index(task, index)

@@ -38,7 +38,7 @@ def test_show_episode_draws_every_support_and_query_image():
     assert isinstance(fig, Figure)
     images = images_in(fig)
     assert len(images) == 4 * (2 + 3)
-    assert all(image.get_cmap().name == "gray" for image in images)
+    assert all(image.get_cmap().name == "gray_r" for image in images)
     # Each class heads one column, in both the support and the query part.
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles == [f"class {c}" for c in range(4)] * 2

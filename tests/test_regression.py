@@ -53,3 +53,8 @@ def test_linear_inputs_scale():
 def test_bad_family_options(make, error, message):
     with pytest.raises(error, match=message):
         make()
+
+
+def test_true_function_reproduces_the_labels():
+    task = SinusoidTasks(3, 4, seed=5).sample(6)
+    torch.testing.assert_close(SinusoidTasks.true_function(task.query_x, task), task.query_y)

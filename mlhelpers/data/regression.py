@@ -61,6 +61,11 @@ class SinusoidTasks(TaskSampler):
         """``A sin(x - phi)`` for ``x`` ``[tasks, n, 1]`` and ``amplitude``, ``phase`` ``[tasks]``."""
         return amplitude[:, None, None] * torch.sin(x - phase[:, None, None])
 
+    @staticmethod
+    def true_function(x: Tensor, task: Task) -> Tensor:
+        """The tasks' own curves at ``x`` ``[tasks, n, 1]``; pass as ``true_fn`` to plotting helpers."""
+        return SinusoidTasks.function(x, task.info["amplitude"], task.info["phase"])
+
     def _sample(self, num_tasks: int) -> Task:
         g = self.generator
         amplitude = _uniform((num_tasks,), self.amplitude, g)
