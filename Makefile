@@ -20,6 +20,9 @@ NOTEBOOKS := $(wildcard notebooks)
 
 .PHONY: help env book serve test test-unit test-notebooks lab sync clean distclean
 
+# Material for MkDocs prints a banner about its future on every build; the book does not need it.
+export NO_MKDOCS_2_WARNING := 1
+
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-15s %s\n", $$1, $$2}'
 

@@ -51,7 +51,7 @@ def show_episode(
 
     One column per class (headed by its label 0..N-1), up to ``max_per_class`` rows of examples in
     each part. Images ``[C, H, W]``: ``C == 1`` is drawn with the ``"gray_r"`` colormap (high values
-    bright) on one colour scale for the whole episode; ``C == 3`` as RGB, rescaled to [0, 1].
+    dark) on one colour scale for the whole episode; ``C == 3`` as RGB, rescaled to [0, 1].
     """
     i = _check_index(task, index)
     check_positive_int("max_per_class", max_per_class)
