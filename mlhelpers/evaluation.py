@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers.learners.base import task_metric
 from mlhelpers.validation import check_positive_int

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers import __version__
 from mlhelpers.checkpoint import _check_plain, load_checkpoint, rng_state, save_checkpoint, set_rng_state
