@@ -1,0 +1,79 @@
+"""Reptile (Nichol et al. 2018): move the initialisation towards the weights each task adapts to.
+
+Per task, ``inner_steps`` steps of plain SGD (full batch, fixed ``inner_lr``) from the initial
+weights ``theta`` give adapted weights ``phi_i``; the meta-update is
+``theta <- theta + eps * (mean_i phi_i - theta)``. No gradient flows through the inner loop: it is
+first order by construction (Chapter 3 compares it with first-order MAML).
+
+:meth:`Reptile.meta_loss` is a *surrogate* built for the shared training loop: its gradient with
+respect to ``theta`` is exactly ``theta - mean_i phi_i``, so
+``meta_train(..., optimizer=torch.optim.SGD(learner.parameters(), lr=eps))`` performs the Reptile
+update with outer step size ``eps`` (Nichol et al. anneal ``eps`` from 1; an Adam outer
+optimiser, the default of ``meta_train``, uses this same direction with Adam's step sizes). Its
+*value* is the query loss after adaptation, so training curves stay meaningful.
+
+Choices, documented: the inner loop uses plain SGD, not Adam as Nichol et al. do for
+classification, so that ``phi_i`` is the same inner loop as MAML's; each step uses the whole
+support set (no mini-batches). With ``use_query=False`` (default) the inner loop sees only the
+support set, as at evaluation time; ``use_query=True`` trains it on support and query together,
+as the original, which adapts on all of a task's data. Evaluation (``adapt``/``predict``)
+fine-tunes on the support set for ``eval_inner_steps`` steps, as in :class:`~mlhelpers.learners.maml.MAML`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mlhelpers.learners.base import task_loss
+from mlhelpers.learners.functional import check_lr
+from mlhelpers.learners.maml import GradientLearner
+from mlhelpers.tasks import Task
+
+
+class Reptile(GradientLearner):
+    """Reptile: first-order meta-learning of an initialisation by averaging adapted weights.
+
+    Args:
+        model: any module ``[batch, *x_shape] -> [batch, out]`` without running statistics.
+        inner_lr: SGD step size of the inner loop.
+        inner_steps: SGD steps per task in training (``k`` in the paper).
+        eval_inner_steps: steps in eval mode (None: ``inner_steps``).
+        use_query: also train the inner loop on the query set during meta-training.
+        strategy: ``"loop"``, ``"vmap"`` or ``"auto"``, as in :class:`~mlhelpers.learners.maml.MAML`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.02,
+        inner_steps: int = 5,
+        eval_inner_steps: int | None = None,
+        use_query: bool = False,
+        strategy: str = "auto",
+    ) -> None:
+        super().__init__(model, inner_steps=inner_steps, first_order=True,
+                         eval_inner_steps=eval_inner_steps, strategy=strategy)
+        self.inner_lr = check_lr("inner_lr", inner_lr)
+        if not isinstance(use_query, bool):
+            raise TypeError(f"use_query must be a bool, got {type(use_query).__name__} {use_query!r}")
+        self.use_query = use_query
+
+    def inner_lrs(self) -> dict[str, float]:
+        return {n: self.inner_lr for n in self.adapt_names()}
+
+    def meta_loss(self, task: Task) -> Tensor:
+        """Surrogate: value = query loss after adaptation, gradient = ``theta - mean_i phi_i``."""
+        x, y = task.support_x, task.support_y
+        if self.use_query:
+            x, y = torch.cat([x, task.query_x], dim=1), torch.cat([y, task.query_y], dim=1)
+        phi = self._adapt(x, y, steps=self.inner_steps, create_graph=False, track=False)
+        params = dict(self.model.named_parameters())
+        # 0.5 * ||theta - phi_bar||^2 has gradient theta - phi_bar with respect to theta.
+        pull = sum(0.5 * (params[n] - p.mean(dim=0)).pow(2).sum() for n, p in phi.items())
+        with torch.no_grad():
+            query_loss = task_loss(self.predict(phi, task.query_x), task.query_y)
+        return query_loss + (pull - pull.detach())
+
+    def extra_repr(self) -> str:
+        return f"inner_lr={self.inner_lr}, use_query={self.use_query}, " + super().extra_repr()
