@@ -18,7 +18,7 @@ SERVE_ADDR ?= 127.0.0.1:8000
 # notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help env book serve test test-unit test-notebooks lab sync clean distclean
+.PHONY: help env book serve test test-unit test-notebooks run-notebooks lab sync clean distclean
 
 # Material for MkDocs prints a banner about its future on every build; the book does not need it.
 export NO_MKDOCS_2_WARNING := 1
@@ -54,6 +54,16 @@ else
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest notebooks \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
 endif
+
+# The website shows full runs: after changing a chapter, run it in full and commit its outputs.
+# NB=notebooks/03_maml_from_scratch.ipynb runs one chapter; the default runs them all (slow).
+NB ?= $(wildcard notebooks/[0-9]*.ipynb)
+run-notebooks: ## execute notebooks at full budget, storing outputs in place (NB=path for one)
+	@for nb in $(NB); do \
+		echo "running $$nb in full"; \
+		MLHELPERS_QUICK=0 $(ENV) jupyter nbconvert --to notebook --execute --inplace \
+			--CoalesceStreamsPreprocessor.enabled=True --ExecutePreprocessor.timeout=7200 "$$nb"; \
+	done
 
 lab: ## start JupyterLab in notebooks/ with the environment's python
 	@$(ENV) jupyter lab --notebook-dir=notebooks
