@@ -1,4 +1,8 @@
-"""Meta-learners sharing one interface: :class:`~mlhelpers.learners.base.MetaLearner`."""
+"""Meta-learners sharing one interface: :class:`~mlhelpers.learners.base.MetaLearner`.
+
+Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Metric-based (Chapter 4): ProtoNet,
+MatchingNet, RelationNet, and the pretrained NearestCentroid baseline.
+"""
 
 from mlhelpers.learners.base import MetaLearner, task_loss, task_metric
 from mlhelpers.learners.baseline import NearestCentroid, feature_mean, pretrain_classifier
@@ -8,6 +12,23 @@ from mlhelpers.learners.protonet import ProtoNet, class_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.learners.reptile import Reptile
 
-__all__ = ["MetaLearner", "ProtoNet", "class_prototypes", "task_loss", "task_metric"]
-__all__ += ["MatchingNet", "NearestCentroid", "RelationNet", "build_relation_module", "feature_mean", "pretrain_classifier", "relation_backbone", "support_one_hot"]
-__all__ += ["ANIL", "GradientLearner", "MAML", "MetaSGD", "Reptile"]
+__all__ = [
+    "ANIL",
+    "GradientLearner",
+    "MAML",
+    "MatchingNet",
+    "MetaLearner",
+    "MetaSGD",
+    "NearestCentroid",
+    "ProtoNet",
+    "RelationNet",
+    "Reptile",
+    "build_relation_module",
+    "class_prototypes",
+    "feature_mean",
+    "pretrain_classifier",
+    "relation_backbone",
+    "support_one_hot",
+    "task_loss",
+    "task_metric",
+]
