@@ -21,7 +21,6 @@ dimension.
 from __future__ import annotations
 
 import contextlib
-import math
 import types
 from typing import Any, Callable, Iterator, Literal, Mapping
 
@@ -37,24 +36,6 @@ Params = dict[str, Tensor]
 
 
 # --- argument checks --------------------------------------------------------------------------
-
-
-def check_steps(name: str, value: Any) -> int:
-    """Return ``value`` if it is an int >= 0 (0 = no adaptation), else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value}")
-    return value
-
-
-def check_lr(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def check_strategy(strategy: Any) -> str:

@@ -65,15 +65,14 @@ from torch import Tensor, nn
 from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.learners.functional import (
     Params,
-    check_lr,
     check_no_running_stats,
-    check_steps,
     check_strategy,
     map_tasks,
     plain_norms,
     resolve_strategy,
     sgd_steps,
 )
+from mlhelpers.validation import check_lr, check_steps
 
 
 class GradientLearner(MetaLearner):

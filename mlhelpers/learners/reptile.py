@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import task_loss
-from mlhelpers.learners.functional import check_lr
 from mlhelpers.learners.maml import GradientLearner
 from mlhelpers.tasks import Task
+from mlhelpers.validation import check_lr
 
 
 class Reptile(GradientLearner):
