@@ -62,7 +62,7 @@ run-notebooks: ## execute notebooks at full budget, storing outputs in place (NB
 	@for nb in $(NB); do \
 		echo "running $$nb in full"; \
 		MLHELPERS_QUICK=0 $(ENV) jupyter nbconvert --to notebook --execute --inplace \
-			--CoalesceStreamsPreprocessor.enabled=True --ExecutePreprocessor.timeout=7200 "$$nb"; \
+			--coalesce-streams --ExecutePreprocessor.timeout=7200 "$$nb"; \
 	done
 
 lab: ## start JupyterLab in notebooks/ with the environment's python
