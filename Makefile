@@ -57,12 +57,15 @@ endif
 
 # The website shows full runs: after changing a chapter, run it in full and commit its outputs.
 # NB=notebooks/03_maml_from_scratch.ipynb runs one chapter; the default runs them all (slow).
+# A second pass merges stream outputs (coalescing must follow execution), so each progress bar
+# is stored as its final line.
 NB ?= $(wildcard notebooks/[0-9]*.ipynb)
 run-notebooks: ## execute notebooks at full budget, storing outputs in place (NB=path for one)
 	@for nb in $(NB); do \
 		echo "running $$nb in full"; \
 		MLHELPERS_QUICK=0 $(ENV) jupyter nbconvert --to notebook --execute --inplace \
-			--coalesce-streams --ExecutePreprocessor.timeout=7200 "$$nb"; \
+			--ExecutePreprocessor.timeout=7200 "$$nb"; \
+		$(ENV) jupyter nbconvert --to notebook --inplace --coalesce-streams "$$nb"; \
 	done
 
 lab: ## start JupyterLab in notebooks/ with the environment's python
