@@ -350,9 +350,10 @@ plt.show()
 # at the edge of our intervals (0.43 ± 0.05 against 0.38 after 5 steps). The likely reason is
 # the budget: the paper trained 4.7 times longer, and the training loss above was still falling
 # slowly when we stopped, though the validation MSE had flattened. Single-run noise also plays a
-# part (one seed, one set of 600 test tasks; the paper's curves are one run too). The paper's
-# numbers are the values quoted for this book from its Figure 3, which shows curves rather than a
-# table; for $K = 10$ we show our curves alone (the paper fine-tunes its $K = 10$ pretrained
+# part (one seed, one set of 600 test tasks; the paper's curves are one run too). The paper
+# reports this experiment as curves (its Figure 3) rather than a table, so the paper's values
+# above are read from those curves and carry a little reading error; for $K = 10$ we show our
+# curves alone (the paper fine-tunes its $K = 10$ pretrained
 # baseline with step 0.02, we keep 0.01 for both models). With $K = 10$ MAML reaches 0.14 after
 # 10 steps. Its wide interval at 5 steps (± 0.19) comes from a few tasks on which the
 # intermediate steps overshoot before settling, which is one reason to report intervals and not
