@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mlhelpers.data.labelled import LabelledDataset
 
@@ -29,6 +30,22 @@ def make_dataset(
             "val": torch.arange(num_classes - 2 * third, num_classes - third),
             "test": torch.arange(num_classes - third, num_classes),
         },
+    )
+
+
+def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8, noise: float = 1.5) -> LabelledDataset:
+    """Classes = a coarse (2x2 blocks) random pattern + strong per-pixel noise; split by class.
+
+    An untrained embedding is swamped by the noise; a trained one learns to average it away, which
+    transfers to the held-out test classes (the last 8).
+    """
+    g = torch.Generator().manual_seed(0)
+    patterns = F.interpolate(torch.randn(num_classes, 1, 2, 2, generator=g), size=(size, size))
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = patterns[labels] + noise * torch.randn(len(labels), 1, size, size, generator=g)
+    return LabelledDataset(
+        images, labels, [f"c{c}" for c in range(num_classes)],
+        splits={"train": torch.arange(num_classes - 8), "test": torch.arange(num_classes - 8, num_classes)},
     )
 
 

@@ -2,26 +2,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from mlhelpers.data.labelled import LabelledDataset
+from conftest import synthetic_dataset
 from mlhelpers.data.regression import LinearTasks
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate, mean_confidence_interval
 from mlhelpers.learners import MetaLearner, ProtoNet
-
-
-def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8, noise: float = 1.5) -> LabelledDataset:
-    """Classes = a coarse (2x2 blocks) random pattern + per-pixel noise; train/test split by class."""
-    g = torch.Generator().manual_seed(0)
-    patterns = F.interpolate(torch.randn(num_classes, 1, 2, 2, generator=g), size=(size, size))
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images = patterns[labels] + noise * torch.randn(len(labels), 1, size, size, generator=g)
-    return LabelledDataset(
-        images, labels, [f"c{c}" for c in range(num_classes)],
-        splits={"train": torch.arange(num_classes - 8), "test": torch.arange(num_classes - 8, num_classes)},
-    )
 
 
 class OneStepLinear(MetaLearner):

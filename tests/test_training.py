@@ -1,32 +1,15 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from conftest import synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
-from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.regression import SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MetaLearner, ProtoNet
 from mlhelpers.models import conv4, mlp
 from mlhelpers.training import History, meta_train
-
-
-def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8, noise: float = 1.5) -> LabelledDataset:
-    """Classes = a coarse (2x2 blocks) random pattern + strong per-pixel noise; split by class.
-
-    An untrained embedding is swamped by the noise; a trained one learns to average it away, which
-    transfers to the held-out test classes.
-    """
-    g = torch.Generator().manual_seed(0)
-    patterns = F.interpolate(torch.randn(num_classes, 1, 2, 2, generator=g), size=(size, size))
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    images = patterns[labels] + noise * torch.randn(len(labels), 1, size, size, generator=g)
-    return LabelledDataset(
-        images, labels, [f"c{c}" for c in range(num_classes)],
-        splits={"train": torch.arange(num_classes - 8), "test": torch.arange(num_classes - 8, num_classes)},
-    )
 
 
 DATA = synthetic_dataset()
