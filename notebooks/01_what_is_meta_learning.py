@@ -31,14 +31,14 @@
 # 1. tasks, support sets and query sets;
 # 2. episodes and the *N-way K-shot* protocol, on the Omniglot handwritten characters;
 # 3. meta-training, meta-validation and meta-test tasks;
-# 4. a one-minute experiment: a network trained from scratch on five examples against one that has
-#    first seen many related tasks;
+# 4. an experiment: a network trained from scratch on five examples against one that has first
+#    seen many related tasks;
 # 5. how meta-learning differs from transfer learning and multi-task learning, and when it helps
 #    or hurts.
 #
 # Every number below is computed when the notebook runs. In *quick mode* (set by the tests,
 # `MLHELPERS_QUICK=1`) the budgets shrink so the whole notebook runs in about a minute; the
-# website shows a full run.
+# website shows a full run, which takes about a quarter of an hour on a 2-core laptop CPU.
 
 # %%
 # On Colab, install the book's helper package first; elsewhere this cell does nothing.
@@ -198,7 +198,7 @@ show_episode(train_rotated.sample(1), title="Meta-training episode with rotation
 plt.show()
 
 # %% [markdown]
-# ## 1.3 A one-minute experiment: learning from scratch vs learning to learn
+# ## 1.3 An experiment: learning from scratch vs learning to learn
 #
 # Here is the question meta-learning answers. You get one labelled drawing of each of five
 # Balinese or Sanskrit characters you have never seen, and must classify new drawings of them.
