@@ -262,7 +262,8 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
 for ax, k in zip(axes, (5, 10)):
     plot_learning_curves(sin_histories[k], ax=ax, smoothing=max(SIN_ITERS // 100, 5))
     ax.set_yscale("log")
-    ax.set_title(f"MAML meta-training, K = {k}: train meta-loss and validation MSE (10 steps)")
+    ax.set_title(f"K = {k}")
+fig.suptitle("MAML meta-training on sinusoids: training meta-loss and validation MSE after 10 steps")
 plt.show()
 
 # %% [markdown]
