@@ -1,5 +1,7 @@
 """Checkpoints that survive a crash mid-write and refuse to resume a different experiment.
 
+The meta-training loop of Chapter 1 writes them.
+
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that it loads with
 ``torch.load(..., weights_only=True)`` (no arbitrary code runs when a file is opened).
 :func:`mlhelpers.training.meta_train` writes one holding::

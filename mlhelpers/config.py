@@ -1,5 +1,7 @@
 """Run-time switches shared by every chapter: quick mode and the default device.
 
+Chapter 1 introduces quick mode.
+
 Quick mode shrinks training budgets (steps, episodes, tasks) so that every notebook runs in a
 couple of minutes in CI, while taking exactly the same code path as a full run. It is switched on
 by the environment variable ``MLHELPERS_QUICK=1`` (the test command sets it) or by

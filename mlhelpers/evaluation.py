@@ -1,5 +1,7 @@
 """Evaluating a meta-learner the way few-shot papers report it: mean over episodes ± 95% CI.
 
+Chapter 1 introduces this protocol.
+
 :func:`evaluate` adapts the learner on each episode's support set, scores its query predictions
 with :func:`~mlhelpers.learners.base.task_metric` (accuracy or MSE) and summarises the per-episode
 values with :func:`mean_confidence_interval`::

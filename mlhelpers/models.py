@@ -1,5 +1,7 @@
 """Backbones built from options: the standard 4-block conv net and an MLP.
 
+Chapter 1 introduces both.
+
 Any ``nn.Module`` works with the learners; these are the ones the chapters use.
 """
 

@@ -1,4 +1,7 @@
-"""Reproducibility: one call seeds Python, NumPy and PyTorch."""
+"""Reproducibility: one call seeds Python, NumPy and PyTorch.
+
+Chapter 1 introduces it; every chapter seeds its experiments with it.
+"""
 
 from __future__ import annotations
 

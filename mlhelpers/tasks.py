@@ -1,5 +1,7 @@
 """One task type for every chapter: regression, few-shot classification and sequences.
 
+Chapter 1 defines a task by its support and query sets.
+
 A :class:`Task` always holds a *batch* of tasks, so that learners can ``vmap`` or loop over the
 leading dimension::
 

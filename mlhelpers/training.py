@@ -1,5 +1,7 @@
 """The meta-training loop every chapter shares: sample tasks, minimise the meta-loss, validate, checkpoint.
 
+Chapter 1 introduces it; Chapter 3 checks it against MAML written from scratch.
+
 ::
 
     history = meta_train(learner, train_sampler, steps=2000, meta_batch_size=4,

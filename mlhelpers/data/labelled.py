@@ -1,4 +1,7 @@
-"""A labelled image collection with named, class-disjoint splits: what episodic samplers draw from."""
+"""A labelled image collection with named, class-disjoint splits: what episodic samplers draw from.
+
+Chapter 1 explains the meta-training, meta-validation and meta-test splits.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Omniglot, shipped offline: 8 alphabets, 242 characters, 20 drawers each (4,840 images).
 
+Chapter 1 introduces the data set and its split by alphabet.
+
 The package ships the union of the two "minimal background" sets of Lake, Salakhutdinov and
 Tenenbaum (2015), ``images_background_small1`` and ``images_background_small2`` (Greek and Latin
 are in both; their files are identical and kept once), as ``data/assets/omniglot_small.npz``:
