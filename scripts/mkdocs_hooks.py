@@ -10,12 +10,20 @@ repository:
   their stored outputs.
 - MathJax 3 (``es5/`` from the ``django-static-mathjax`` wheel, a ``book`` extra) is served by
   the site itself under ``assets/mathjax/``, so formulas render offline.
+- Every notebook page gets an "Open in Colab" badge and a download link for its ``.ipynb``,
+  made from the one repository address README.md defines (its Colab install line).
+- What mkdocs-jupyter adds to each notebook page and the site does not use is removed: its
+  MathJax 2 configuration and empty MathJax ``<script src="">`` (the site loads MathJax 3 itself)
+  and its Mermaid loader, which imports Mermaid from a CDN. The book loads nothing from another
+  host (``tests/test_site.py`` checks the built HTML, ``tests/test_browser.py`` the requests).
+- On the API reference, "Chapter N" in a docstring links to chapter N's page (when it exists).
 
 ``mkdocs serve`` also watches README.md and notebooks/.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from pathlib import Path
@@ -24,6 +32,7 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
+from mkdocs.structure.pages import Page
 
 log = logging.getLogger("mkdocs.hooks.book")
 
@@ -34,6 +43,21 @@ MATHJAX_DEST = "assets/mathjax"
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "ui", "a11y", "sre", "adaptors")
 
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)([^)]*)\)")
+
+# The repository address: README.md's Colab install line (the one place it is written).
+_INSTALL_URL = re.compile(r"mlhelpers @ git\+(https://github\.com/[\w.-]+/[\w.-]+?)(?:\.git)?[\"'\s]")
+BRANCH = "main"
+COLAB_BADGE = "assets/colab-badge.svg"  # in docs/: served by the site, not by Colab
+CHAPTER_LINK_PAGES = {"api.md"}
+
+# What mkdocs-jupyter writes into each notebook page that the site must not keep (see above).
+_NOTEBOOK_JUNK = [
+    re.compile(r"<script\s+src=\"\"\s*>\s*</script>"),  # MathJax with no URL configured
+    re.compile(r"(?:<!--\s*MathJax configuration\s*-->\s*)?<script type=\"text/x-mathjax-config\">.*?</script>", re.S),
+    re.compile(r"<script type=\"module\">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*</script>", re.S),
+]
+_CHAPTER_MENTION = re.compile(r"\b(Chapters?)(\s+)(\d+)((?:\s*(?:-|\u2013|&ndash;|,|and|or|to)\s*\d+)*)")
+_NO_LINKS_INSIDE = {"a", "code", "pre", "script", "style", "h1", "h2", "h3", "h4", "h5", "h6"}
 
 
 def _root(config: MkDocsConfig) -> Path:
@@ -58,6 +82,85 @@ def readme_as_home_page(readme: str, root: Path) -> str:
         return f"{bang}[{text}]({new}{'#' + anchor if anchor else ''}{rest})"
 
     return _LINK.sub(fix, readme)
+
+
+def repository_url(readme: str) -> str:
+    """The GitHub address in README.md's Colab install line (``mlhelpers @ git+https://...``)."""
+    found = set(_INSTALL_URL.findall(readme))
+    if len(found) != 1:
+        raise PluginError(
+            f"README.md should name the repository once, in its Colab install line "
+            f"('mlhelpers @ git+https://github.com/OWNER/REPO'); found {sorted(found) or 'none'}"
+        )
+    return found.pop()
+
+
+def colab_url(repo_url: str, notebook_path: str, branch: str = BRANCH) -> str:
+    """``https://github.com/o/r`` + ``notebooks/x.ipynb`` -> the Colab address of that notebook."""
+    owner_repo = repo_url.removeprefix("https://github.com/").strip("/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/{notebook_path}"
+
+
+def notebook_links(colab: str, badge_src: str, ipynb_name: str) -> str:
+    """The bar under a chapter's title: Open in Colab, and download the .ipynb."""
+    return (
+        '<p class="book-notebook-links">'
+        f'<a class="book-colab" href="{html.escape(colab)}" title="Run this chapter in Google Colab">'
+        f'<img src="{html.escape(badge_src)}" alt="Open in Colab" width="117" height="20"></a> '
+        f'<a class="book-download" href="{html.escape(ipynb_name)}" download '
+        'title="This chapter as a Jupyter notebook, with the outputs of a full run">'
+        "Download the notebook (.ipynb)</a>"
+        "</p>"
+    )
+
+
+def strip_notebook_junk(content: str) -> str:
+    for pattern in _NOTEBOOK_JUNK:
+        content = pattern.sub("", content)
+    return content
+
+
+def link_chapter_mentions(content: str, chapter_urls: dict[int, str]) -> str:
+    """Turn "Chapter 3" (and each number of "Chapters 3-5") in text into links to the chapters
+    that exist; text inside links, code, headings and scripts is left alone."""
+
+    def link(number: str) -> str:
+        url = chapter_urls.get(int(number))
+        return f'<a href="{html.escape(url)}">{number}</a>' if url else number
+
+    def mention(match: re.Match[str]) -> str:
+        word, space, first, rest = match.groups()
+        if not rest:
+            url = chapter_urls.get(int(first))
+            return f'<a href="{html.escape(url)}">{word}{space}{first}</a>' if url else match.group(0)
+        return word + space + re.sub(r"\d+", lambda m: link(m.group(0)), first + rest)
+
+    out: list[str] = []
+    open_tags: list[str] = []
+    for piece in re.split(r"(<[^>]*>)", content):
+        tag = re.match(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)", piece)
+        if tag:
+            closing, name = tag.group(1), tag.group(2).lower()
+            if name in _NO_LINKS_INSIDE:
+                if not closing:
+                    open_tags.append(name)
+                elif name in open_tags:
+                    del open_tags[len(open_tags) - 1 - open_tags[::-1].index(name)]
+            out.append(piece)
+        elif piece.startswith("<") or open_tags:
+            out.append(piece)
+        else:
+            out.append(_CHAPTER_MENTION.sub(mention, piece))
+    return "".join(out)
+
+
+def _chapter_files(files: Files) -> dict[int, File]:
+    chapters = {}
+    for file in files.documentation_pages():
+        match = re.fullmatch(r"notebooks/(\d+)_[^/]+\.ipynb", file.src_uri)
+        if match:
+            chapters[int(match.group(1))] = file
+    return chapters
 
 
 def _mathjax_es5() -> Path:
@@ -106,6 +209,25 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
             uri = f"{MATHJAX_DEST}/{path.relative_to(es5).as_posix()}"
             files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
+
+
+def on_page_content(content: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    src = page.file.src_uri
+    if re.fullmatch(r"notebooks/[^/]+\.ipynb", src):
+        content = strip_notebook_junk(content)
+        root = _root(config)
+        repo = repository_url((root / "README.md").read_text(encoding="utf-8"))
+        badge = files.get_file_from_path(COLAB_BADGE)
+        if badge is None:
+            raise PluginError(f"docs/{COLAB_BADGE} is missing")
+        bar = notebook_links(colab_url(repo, src), badge.url_relative_to(page.file), Path(src).name)
+        content, found = re.subn(r"</h1>", lambda m: m.group(0) + bar, content, count=1)
+        if not found:
+            raise PluginError(f"{src}: no <h1> title to put the Colab badge under")
+    elif src in CHAPTER_LINK_PAGES:
+        urls = {n: f.url_relative_to(page.file) for n, f in _chapter_files(files).items()}
+        content = link_chapter_mentions(content, urls)
+    return content
 
 
 def on_serve(server, config: MkDocsConfig, builder):
