@@ -21,7 +21,15 @@ function typesetBookMath() {
       MathJax.texReset();
       return MathJax.typesetPromise(roots);
     })
-    .catch((err) => console.error("MathJax:", err));
+    .then(
+      () => {
+        document.body.dataset.bookMath = "typeset"; // for tests/test_browser.py: math is done
+      },
+      (err) => {
+        document.body.dataset.bookMath = "error";
+        console.error("MathJax:", err);
+      },
+    );
   return mathjaxQueue;
 }
 
