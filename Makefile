@@ -1,7 +1,8 @@
 # Learning to Learn: the book's commands.
 #
 #   make book    build the website from the notebooks' stored outputs into site/
-#   make test    run every test: tests/ and every notebook (executed in quick mode)
+#   make test    run every test: tests/ and every notebook (executed in quick mode), and the
+#                website in headless Chromium (Debian's chromium, installed with apt-get if missing)
 #
 # Both use the active virtualenv/conda environment if there is one, else create .venv/ here
 # (see scripts/env.sh). `make help` lists the helpers.
@@ -18,7 +19,7 @@ SERVE_ADDR ?= 127.0.0.1:8000
 # notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help env book serve test test-unit test-notebooks run-notebooks lab sync clean distclean
+.PHONY: help env book serve browser test test-unit test-notebooks run-notebooks lab sync clean distclean
 
 # Material for MkDocs prints a banner about its future on every build; the book does not need it.
 export NO_MKDOCS_2_WARNING := 1
@@ -35,16 +36,21 @@ book: ## build the website into site/ (mkdocs build --strict)
 serve: ## serve the website with live reload (http://127.0.0.1:8000)
 	@$(ENV) python -m mkdocs serve --dev-addr $(SERVE_ADDR)
 
+# tests/test_browser.py opens the built site in Debian's chromium, driven by Playwright's Python
+# package; nothing is downloaded from a browser vendor.
+browser: ## install Debian's chromium for the browser test, if missing (apt-get)
+	@scripts/install-browser.sh
+
 # One pytest run for both, so one summary line counts everything.
 # --nbval-lax: every cell must run without error; outputs (timings, random draws) are not
 # compared unless a cell is marked NBVAL_CHECK_OUTPUT.
 # --nbval-current-env: kernels run on the same interpreter as pytest (the environment's python),
 # whatever kernelspec a notebook's metadata or the user's Jupyter directories name.
-test: ## run every test: pytest on tests/ and every notebook in quick mode
+test: browser ## run every test: pytest on tests/ and every notebook in quick mode
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
 
-test-unit: ## run only tests/
+test-unit: browser ## run only tests/ (the website's browser test included)
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(PYTEST_ARGS)
 
 test-notebooks: ## run only the notebooks, in quick mode
@@ -76,7 +82,7 @@ sync: ## re-sync each notebook with its .py twin (jupytext; the newer file wins)
 	if [ $${#nbs[@]} -gt 0 ]; then $(ENV) jupytext --sync "$${nbs[@]}"; else echo "no notebooks"; fi
 
 clean: ## remove the built site and caches
-	rm -rf site .pytest_cache .cache
+	rm -rf site .pytest_cache .cache test-artifacts
 
 distclean: clean ## also remove .venv
 	rm -rf .venv

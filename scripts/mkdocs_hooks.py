@@ -101,6 +101,13 @@ def colab_url(repo_url: str, notebook_path: str, branch: str = BRANCH) -> str:
     return f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/{notebook_path}"
 
 
+# Material Design's "download" icon, inline (no icon font to fetch).
+_DOWNLOAD_ICON = (
+    '<svg aria-hidden="true" viewBox="0 0 24 24" width="18" height="18">'
+    '<path fill="currentColor" d="M5 20h14v-2H5zM19 9h-4V3H9v6H5l7 7z"/></svg>'
+)
+
+
 def notebook_links(colab: str, badge_src: str, ipynb_name: str) -> str:
     """The bar under a chapter's title: Open in Colab, and download the .ipynb."""
     return (
@@ -109,7 +116,7 @@ def notebook_links(colab: str, badge_src: str, ipynb_name: str) -> str:
         f'<img src="{html.escape(badge_src)}" alt="Open in Colab" width="117" height="20"></a> '
         f'<a class="book-download" href="{html.escape(ipynb_name)}" download '
         'title="This chapter as a Jupyter notebook, with the outputs of a full run">'
-        "Download the notebook (.ipynb)</a>"
+        f"{_DOWNLOAD_ICON}Download the notebook (.ipynb)</a>"
         "</p>"
     )
 
