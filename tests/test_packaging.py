@@ -89,3 +89,11 @@ def test_book_extra_carries_the_site_tools(pyproject):
     # mkdocs.yml needs these; django-static-mathjax ships the MathJax the site serves offline.
     assert {"mkdocs", "mkdocs-material", "mkdocs-jupyter", "mkdocstrings", "jupytext"} <= book
     assert "django-static-mathjax" in book
+
+
+def test_dev_extra_carries_the_test_tools(pyproject):
+    dev = {_name(r) for r in pyproject["project"]["optional-dependencies"]["dev"]}
+    # make test: pytest + nbval for the notebooks, playwright to drive Debian's chromium in
+    # tests/test_browser.py; "mlhelpers[book]" brings the site tools the browser test builds with.
+    assert {"pytest", "nbval", "playwright"} <= dev
+    assert any(r.replace(" ", "") == "mlhelpers[book]" for r in pyproject["project"]["optional-dependencies"]["dev"])
