@@ -1,5 +1,5 @@
 """Gradient-based meta-learners: meta-gradients against finite differences and closed forms,
-loop against vmap (with and without batch norm), and the behaviour the chapters rely on."""
+loop against vmap and threads (with and without batch norm), and the behaviour the chapters rely on."""
 
 from __future__ import annotations
 
@@ -306,10 +306,53 @@ def test_plain_norms_compute_what_the_fused_kernels_compute():
     assert "forward" not in vars(model[0]), "the fused forward must come back"
 
 
-def test_auto_strategy_follows_the_device():
-    assert resolve_strategy("auto", torch.device("cpu")) == "loop"
+@pytest.fixture
+def two_threads():
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("kind", list(LEARNERS))
+@pytest.mark.parametrize("backbone", ["mlp", "conv-task"])
+def test_threads_and_loop_give_the_same_meta_gradient(kind, backbone, two_threads):
+    if backbone == "mlp":
+        model, task = mlp(1, 1, hidden=(8, 8)).double(), sine_tasks(num_tasks=5)
+    else:
+        model, task = small_conv("task"), image_tasks(num_tasks=5)
+    loop = LEARNERS[kind](model, strategy="loop")
+    threads = LEARNERS[kind](copy.deepcopy(model), strategy="threads")
+    threads.load_state_dict(loop.state_dict())
+    a = meta_grad(loop, task)
+    loss = threads.meta_loss(task)
+    assert loss.item() == pytest.approx(loop.meta_loss(task).item(), rel=1e-12)
+    loss.backward()
+    b = torch.cat([p.grad.flatten() for p in threads.parameters()])
+    assert float(a.norm()) > 0
+    assert_rel_close(b, a, 1e-10)
+    threads.meta_loss(task).backward()  # gradients accumulate like any other backward
+    assert_rel_close(torch.cat([p.grad.flatten() for p in threads.parameters()]), 2 * a, 1e-10)
+    assert torch.get_num_threads() == 2, "the caller's intra-op thread count must come back"
+    loop.eval(), threads.eval()
+    torch.testing.assert_close(threads(task), loop(task), rtol=1e-10, atol=1e-12)
+
+
+def test_threads_leave_the_learner_and_its_parameters_in_place(two_threads):
+    model = small_conv("task")
+    learner = MAML(model, inner_lr=0.1, strategy="threads")
+    before = {n: p for n, p in learner.named_parameters()}
+    learner.meta_loss(image_tasks(num_tasks=4)).backward()
+    after = dict(learner.named_parameters())
+    assert all(after[n] is p for n, p in before.items())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in after.items() if "bias" not in n)
+
+
+def test_auto_strategy_follows_the_device_and_threads(two_threads):
+    assert resolve_strategy("auto", torch.device("cpu")) == "threads"
     assert resolve_strategy("auto", torch.device("cuda", 0)) == "vmap"
     assert resolve_strategy("vmap", torch.device("cpu")) == "vmap"
+    torch.set_num_threads(1)
+    assert resolve_strategy("auto", torch.device("cpu")) == "loop"
     assert MAML(mlp(1, 1)).resolved_strategy(torch.device("cpu")) == "loop"
 
 
@@ -407,7 +450,7 @@ def test_bad_arguments_name_themselves():
         MAML(mlp(1, 1), inner_steps=1.5)
     with pytest.raises(ValueError, match="eval_inner_steps"):
         Reptile(mlp(1, 1), eval_inner_steps=-2)
-    with pytest.raises(ValueError, match="strategy must be one of 'auto', 'loop', 'vmap', got 'jit'"):
+    with pytest.raises(ValueError, match="strategy must be one of 'auto', 'loop', 'threads', 'vmap', got 'jit'"):
         MetaSGD(mlp(1, 1), strategy="jit")
     with pytest.raises(ValueError, match="inner_lr must be a finite number > 0, got 0"):
         MAML(mlp(1, 1), inner_lr=0)

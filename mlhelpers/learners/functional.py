@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-Strategy = Literal["auto", "loop", "vmap"]
-STRATEGIES: tuple[str, ...] = ("auto", "loop", "vmap")
+Strategy = Literal["auto", "loop", "threads", "vmap"]
+STRATEGIES: tuple[str, ...] = ("auto", "loop", "threads", "vmap")
 
 Params = dict[str, Tensor]
 
@@ -46,9 +46,12 @@ def check_strategy(strategy: Any) -> str:
 
 
 def resolve_strategy(strategy: str, device: torch.device) -> str:
-    """``"auto"`` becomes ``"loop"`` on the CPU and ``"vmap"`` elsewhere (CUDA, MPS)."""
+    """``"auto"`` becomes ``"vmap"`` on accelerators (CUDA, MPS) and, on the CPU, ``"threads"``
+    when PyTorch may use more than one thread (``torch.get_num_threads()``), else ``"loop"``."""
     if strategy == "auto":
-        return "loop" if device.type == "cpu" else "vmap"
+        if device.type != "cpu":
+            return "vmap"
+        return "threads" if torch.get_num_threads() > 1 else "loop"
     return strategy
 
 

@@ -25,15 +25,27 @@ gives the exact second-order meta-gradient. In eval mode (what
 constants: same predictions, far less memory. Under ``torch.no_grad()`` the fast weights are
 detached from the initial weights.
 
-Batching over tasks (``strategy``): ``"loop"`` adapts task after task with native modules and
-``torch.autograd.grad``; ``"vmap"`` runs the whole inner loop of all tasks at once with
-``torch.func.vmap`` and ``torch.func.grad``; ``"auto"`` picks ``"loop"`` on the CPU and
-``"vmap"`` on other devices. Measured on this book's shared 2-core CPU (torch 2.14, float32, one
-thread, CPU seconds of one second-order meta-step, i.e. ``meta_loss`` + ``backward``) with
-conv4 (64 channels, 28x28), 5-way 1-shot 15 queries, meta-batch 8, one inner step:
-``norm="task"`` loop 1.1 s and +0.6 GB peak memory, vmap 1.9 s and +1.4 GB; ``norm="none"``
-loop 0.8 s / +0.4 GB, vmap 1.2 s / +0.9 GB. On a GPU, vmap turns many small kernels into a few
-large ones.
+Batching over tasks (``strategy``):
+
+- ``"loop"``: task after task in the calling thread, with native modules and
+  ``torch.autograd.grad``; each kernel may use several cores (intra-op parallelism).
+- ``"threads"``: the same per-task computation, with tasks spread over
+  ``torch.get_num_threads()`` worker threads of one intra-op thread each
+  (:mod:`~mlhelpers.learners.parallel`). ``meta_loss`` then computes each task's meta-gradient in
+  its worker and frees the task's graph at once, so memory holds a few tasks, not the batch;
+  ``forward`` (evaluation) adapts and predicts each task in a worker; ``adapt`` and ``predict``
+  called directly run as ``"loop"``.
+- ``"vmap"``: the whole inner loop of all tasks at once with ``torch.func.vmap`` and
+  ``torch.func.grad``.
+- ``"auto"`` (default): ``"vmap"`` on accelerators; on the CPU ``"threads"`` if PyTorch may use
+  more than one thread, else ``"loop"``.
+
+Measured on this book's 2-core CPU (torch 2.14, float32), one second-order meta-step of conv4
+(64 channels, 28x28) on 32 tasks of 5-way 1-shot with 15 queries: ``bench/meta_step.py`` prints
+the table that Chapter 3 shows; tasks in threads beat every per-task loop that splits kernels
+across the cores. With one thread, ``"vmap"`` was slower than the loop and used more memory
+(``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap turns
+many small kernels into a few large ones.
 
 Normalisation policy (explained in Chapter 3):
 
@@ -72,6 +84,8 @@ from mlhelpers.learners.functional import (
     resolve_strategy,
     sgd_steps,
 )
+from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
+from mlhelpers.tasks import Task
 from mlhelpers.validation import check_lr, check_steps
 
 
@@ -133,6 +147,29 @@ class GradientLearner(MetaLearner):
     def resolved_strategy(self, device: torch.device) -> str:
         """``"loop"`` or ``"vmap"``: the strategy, with ``"auto"`` decided by ``device``."""
         return resolve_strategy(self.strategy, device)
+
+    def _threaded(self, task: Task) -> bool:
+        return len(task) > 1 and self.resolved_strategy(task.device) == "threads"
+
+    def forward(self, task: Task) -> Tensor:
+        """Adapt on each support set and predict the query set: ``[tasks, n_query, out]``."""
+        if self._threaded(task):
+            return threaded_forward(self, task, workers=torch.get_num_threads())
+        return super().forward(task)
+
+    def meta_loss(self, task: Task) -> Tensor:
+        """Scalar query loss after adaptation, averaged over the batch of tasks.
+
+        With ``strategy="threads"`` and autograd on, the tasks' meta-gradients are computed in
+        worker threads; ``backward()`` on the result delivers their mean (the same gradient).
+        """
+        if self._threaded(task) and torch.is_grad_enabled():
+            return threaded_meta_loss(self, task, workers=torch.get_num_threads())
+        return self.batch_meta_loss(task)
+
+    def batch_meta_loss(self, task: Task) -> Tensor:
+        """The meta-loss of a batch of tasks, computed in the calling thread (override this)."""
+        return super().meta_loss(task)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
         """Fast weights ``name -> [tasks, *shape]`` after :attr:`steps` steps on each support set."""
@@ -200,7 +237,7 @@ class MAML(GradientLearner):
         first_order: treat inner gradients as constants (FOMAML): the meta-gradient becomes the
             query-loss gradient at the adapted weights, applied to the initial weights.
         eval_inner_steps: inner steps in eval mode (None: ``inner_steps``).
-        strategy: ``"loop"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
+        strategy: ``"loop"``, ``"threads"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
 
     ``meta_loss(task)`` is the query loss after adaptation; its gradient is the MAML
     meta-gradient (Chapter 2 derives it, Chapter 3 builds it).

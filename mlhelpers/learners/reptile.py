@@ -5,7 +5,7 @@ weights ``theta`` give adapted weights ``phi_i``; the meta-update is
 ``theta <- theta + eps * (mean_i phi_i - theta)``. No gradient flows through the inner loop: it is
 first order by construction (Chapter 3 compares it with first-order MAML).
 
-:meth:`Reptile.meta_loss` is a *surrogate* built for the shared training loop: its gradient with
+:meth:`Reptile.batch_meta_loss` (what ``meta_loss`` computes) is a *surrogate* built for the shared training loop: its gradient with
 respect to ``theta`` is exactly ``theta - mean_i phi_i``, so
 ``meta_train(..., optimizer=torch.optim.SGD(learner.parameters(), lr=eps))`` performs the Reptile
 update with outer step size ``eps`` (Nichol et al. anneal ``eps`` from 1; an Adam outer
@@ -40,7 +40,7 @@ class Reptile(GradientLearner):
         inner_steps: SGD steps per task in training (``k`` in the paper).
         eval_inner_steps: steps in eval mode (None: ``inner_steps``).
         use_query: also train the inner loop on the query set during meta-training.
-        strategy: ``"loop"``, ``"vmap"`` or ``"auto"``, as in :class:`~mlhelpers.learners.maml.MAML`.
+        strategy: ``"loop"``, ``"threads"``, ``"vmap"`` or ``"auto"``, as in :class:`~mlhelpers.learners.maml.MAML`.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class Reptile(GradientLearner):
     def inner_lrs(self) -> dict[str, float]:
         return {n: self.inner_lr for n in self.adapt_names()}
 
-    def meta_loss(self, task: Task) -> Tensor:
+    def batch_meta_loss(self, task: Task) -> Tensor:
         """Surrogate: value = query loss after adaptation, gradient = ``theta - mean_i phi_i``."""
         x, y = task.support_x, task.support_y
         if self.use_query:
