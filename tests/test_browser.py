@@ -186,8 +186,11 @@ def test_chapter_page_in_the_browser(visit, index):
 
     # The footer's "next" link leads to the next chapter (after the last: the API reference).
     following = _chapter_path(CHAPTERS[index + 1]) if index + 1 < len(CHAPTERS) else "api/"
-    page.locator("a.md-footer__link--next").click()
-    page.wait_for_url(visit.base_url + following, wait_until="domcontentloaded")
+    with page.expect_navigation(wait_until="domcontentloaded"):
+        page.locator("a.md-footer__link--next").click()
+    assert page.url == visit.base_url + following, (
+        f"'next' leads to {page.url}, not to {following} (is every chapter in mkdocs.yml's nav, in order?)"
+    )
     next_h1 = page.locator("article h1").first.inner_text().strip()
     if index + 1 < len(CHAPTERS):
         assert next_h1.startswith(f"{chapter_number(CHAPTERS[index + 1])}."), next_h1
@@ -208,8 +211,9 @@ def test_api_reference_in_the_browser(visit):
     # "Chapter N" in a docstring is a link that lands on chapter N.
     link = page.locator("article a", has_text=re.compile(r"^Chapter \d+$")).first
     number = int(link.inner_text().split()[1])
-    link.click()
-    page.wait_for_url(re.compile(r".*/notebooks/\d+_[^/]+/$"), wait_until="domcontentloaded")
+    with page.expect_navigation(wait_until="domcontentloaded"):
+        link.click()
+    assert re.search(r"/notebooks/\d+_[^/]+/$", page.url), page.url
     assert page.locator("article h1").first.inner_text().strip().startswith(f"{number}.")
 
 
