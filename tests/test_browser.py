@@ -59,7 +59,10 @@ def base_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' (playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:  # a dev dependency: fail, do not skip, so CI cannot pass without the browser test
+        pytest.fail("Playwright is missing: pip install -e '.[dev]' (the Python package only; no 'playwright install')")
     executable = _chromium()
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
