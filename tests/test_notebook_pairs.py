@@ -106,3 +106,20 @@ def test_colab_install_address_matches_the_readme():
     for path in IPYNBS + PYS:
         used = set(_INSTALL_URL.findall(path.read_text(encoding="utf-8")))
         assert used <= defined, f"{path.name} installs from {used - defined}; README.md says {defined}"
+
+
+@pytest.mark.skipif(not IPYNBS, reason="no notebooks yet")
+@pytest.mark.parametrize("ipynb", IPYNBS, ids=_ids(IPYNBS))
+def test_first_code_cell_installs_mlhelpers_only_on_colab(ipynb: Path):
+    import json
+
+    cells = json.loads(ipynb.read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code, f"{ipynb.name} has no code cell"
+    first = "".join(code[0]["source"])
+    guarded = re.search(r'^if "google\.colab" in sys\.modules:\n((?:[ \t]+.*\n?)+)', first, re.M)
+    assert guarded, f"{ipynb.name}: the first code cell must start with the Colab install (see README.md)"
+    assert _INSTALL_URL.search(guarded.group(1)), f"{ipynb.name}: the Colab branch does not pip-install mlhelpers"
+    assert not _INSTALL_URL.search(first[: guarded.start()] + first[guarded.end() :]), (
+        f"{ipynb.name}: mlhelpers is installed outside the Colab branch"
+    )
