@@ -19,7 +19,8 @@ from mlhelpers.models import conv4
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 
-LEARNERS = ["matching", "relation", "nearest_centroid"]
+LEARNERS = ["protonet", "matching", "relation", "nearest_centroid"]
+CHECKS_LABELS = ["matching", "relation", "nearest_centroid"]  # ProtoNet's own checks: test_protonet.py
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +34,8 @@ def one_thread():
 
 def small_learner(name: str, image_size: int = 8) -> nn.Module:
     """A learner with a tiny backbone for ``[1, image_size, image_size]`` inputs."""
+    if name == "protonet":
+        return ProtoNet(conv4(hidden_channels=8, num_blocks=2))
     if name == "matching":
         return MatchingNet(conv4(hidden_channels=8, num_blocks=2))
     if name in ("relation", "relation_mse"):
@@ -100,7 +103,7 @@ def test_predictions_invariant_to_support_order(name):
     assert not torch.allclose(a[..., 0], a[..., 1])  # and the outputs say something about the classes
 
 
-@pytest.mark.parametrize("name", LEARNERS)
+@pytest.mark.parametrize("name", CHECKS_LABELS)
 @pytest.mark.parametrize(
     "labels, message",
     [
@@ -287,7 +290,7 @@ def test_pretrain_classifier_is_reproducible_with_a_seed():
 
 @pytest.mark.parametrize(
     "name, steps, least, gain",
-    [("matching", 300, 0.75, 0.15), ("relation", 400, 0.6, 0.3), ("relation_mse", 400, 0.6, 0.3)],
+    [("protonet", 300, 0.75, 0.15), ("matching", 300, 0.75, 0.15), ("relation", 400, 0.6, 0.3), ("relation_mse", 400, 0.6, 0.3)],
 )
 def test_meta_training_generalises_to_held_out_classes(name, steps, least, gain):
     dataset = bars_dataset()

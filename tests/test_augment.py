@@ -1,0 +1,73 @@
+"""Random affine distortions and test-time shifts (Chapter 4)."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import make_dataset
+from mlhelpers.data.augment import AugmentedSampler, affine, affine_matrix, random_affine, shifted_copies
+from mlhelpers.episodes import EpisodicSampler
+
+
+def test_identity_map_leaves_images_unchanged():
+    x = torch.rand(2, 3, 1, 8, 8)
+    theta = affine_matrix(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3))
+    torch.testing.assert_close(affine(x, theta), x, atol=1e-5, rtol=0)
+
+
+def test_quarter_turn_matches_rot90():
+    x = torch.rand(4, 1, 8, 8)
+    theta = affine_matrix(torch.full((4,), math.pi / 2), torch.ones(4), torch.zeros(4), torch.zeros(4), torch.zeros(4))
+    turned = affine(x, theta)
+    candidates = [torch.rot90(x, k, dims=(-2, -1)) for k in (1, 3)]
+    assert min((turned - c).abs().max().item() for c in candidates) < 1e-5
+
+
+def test_random_affine_keeps_shape_differs_per_image_and_is_seeded():
+    x = torch.zeros(3, 5, 1, 16, 16)
+    x[..., 4:12, 7:9] = 1.0  # the same bar in every image
+    a = random_affine(x, generator=torch.Generator().manual_seed(0))
+    b = random_affine(x, generator=torch.Generator().manual_seed(0))
+    assert a.shape == x.shape
+    torch.testing.assert_close(a, b)
+    flat = a.flatten(0, 1)
+    assert not torch.allclose(flat[0], flat[1])  # each image gets its own distortion
+    assert (a - x).abs().max() > 0.1
+    # small distortions: most ink stays ink
+    assert a.sum() > 0.7 * x.sum() and a.min() >= 0 and a.max() <= 1 + 1e-6
+
+
+def test_random_affine_with_zero_ranges_is_the_identity():
+    x = torch.rand(2, 1, 8, 8)
+    out = random_affine(x, max_rotate=0, max_scale=0, max_shift=0, max_shear=0)
+    torch.testing.assert_close(out, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_rotate": -1}, {"max_scale": 1.0}, {"max_shift": float("nan")}])
+def test_random_affine_rejects_bad_ranges(kwargs):
+    with pytest.raises(ValueError):
+        random_affine(torch.zeros(1, 1, 4, 4), **kwargs)
+
+
+def test_shifted_copies_move_ink_by_one_pixel_without_wrapping():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 0, 2] = 1.0  # top row
+    views = shifted_copies(x, 1)
+    assert views.shape == (5, 1, 1, 5, 5)
+    torch.testing.assert_close(views[0], x)
+    assert views[1, 0, 0, 1, 2] == 1.0  # moved down
+    assert views[2].sum() == 0  # moved up, off the image: gone, not wrapped to the bottom
+
+
+def test_augmented_sampler_changes_images_not_labels_and_resumes():
+    base = EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0)
+    plain = EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0).sample(2)
+    sampler = AugmentedSampler(base, seed=1)
+    state = sampler.state_dict()
+    task = sampler.sample(2)
+    torch.testing.assert_close(task.support_y, plain.support_y)
+    assert task.support_x.shape == plain.support_x.shape
+    assert not torch.allclose(task.support_x, plain.support_x)
+    sampler.load_state_dict(state)
+    torch.testing.assert_close(sampler.sample(2).query_x, task.query_x)
