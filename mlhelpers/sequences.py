@@ -16,6 +16,19 @@ tokens interleave inputs and labels, all vectors of one width ``W``::
   coordinates of its own, so a linear read-in can never mistake a label for an input feature
   (it acts as two separate encoders, one for inputs and one for labels, with a shared bias).
 
+**Paired layout.** Memory-augmented networks (Santoro et al. 2016) and SNAIL (Mishra et al. 2018)
+feed an example and its label together. :func:`paired_query_sequences` packs each pair into *one*
+token, ``x_i + y_i`` (the label in coordinates of its own: ``W = x width + n_way`` for classes,
+``x width + out`` for regression, :func:`token_width` with ``paired=True``), and the query's token
+carries zeros where a label would be::
+
+    [x_1 | y_1], [x_2 | y_2], ..., [x_k | y_k], [x_query | 0]        k + 1 tokens
+
+A query then finds its label in one attention step (match ``x``, copy ``y``), where the
+interleaved layout needs two (an earlier layer must first copy ``x_i`` into ``y_i``'s token, the
+"induction head" of Olsson et al. 2022); paired sequences are also half as long. What is lost is
+Garg's learning curve for free: a paired token already holds its own label.
+
 **Queries.** :func:`query_sequences` builds one sequence per query, support set first, batched as
 ``[tasks * n_query, 2k + 1, W]``: a query sees the whole support set and itself, never its own
 label nor the other queries. :func:`prefix_sequence` drops the query and the last label,
@@ -36,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mlhelpers.episodes import TaskSampler
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int
 
@@ -51,12 +65,18 @@ def _check_vectors(name: str, value: Tensor) -> None:
         raise ValueError(f"{name} must be a [tasks, n, features] tensor, got {_shape(value)}")
 
 
-def token_width(x_features: int, *, n_way: int | None = None, y_features: int = 1) -> int:
-    """Width ``W`` of every token: ``max(x_features, y_features)`` (regression) or ``x_features + n_way``."""
+def token_width(x_features: int, *, n_way: int | None = None, y_features: int = 1, paired: bool = False) -> int:
+    """Width ``W`` of every token.
+
+    ``x_features + n_way`` for classification; for regression ``max(x_features, y_features)``
+    (Garg's interleaved layout), or ``x_features + y_features`` with ``paired=True`` (labels in
+    coordinates of their own, so that ``x`` and ``y`` can share a token).
+    """
     check_positive_int("x_features", x_features)
     if n_way is not None:
         return x_features + check_positive_int("n_way", n_way)
-    return max(x_features, check_positive_int("y_features", y_features))
+    check_positive_int("y_features", y_features)
+    return x_features + y_features if paired else max(x_features, y_features)
 
 
 def input_tokens(x: Tensor, width: int, *, name: str = "x") -> Tensor:
@@ -81,11 +101,14 @@ def check_labels(name: str, y: Tensor, n_way: int) -> Tensor:
     return y.long()
 
 
-def label_tokens(y: Tensor, width: int, *, n_way: int | None = None, name: str = "y") -> Tensor:
+def label_tokens(
+    y: Tensor, width: int, *, n_way: int | None = None, paired: bool = False, name: str = "y"
+) -> Tensor:
     """Labels -> tokens ``[tasks, n, width]``, laid out as the module docstring says.
 
-    Regression (``n_way`` None): float ``y`` ``[tasks, n, out]`` -> ``[y, 0, ..., 0]``.
-    Classification: integer ``y`` ``[tasks, n]`` -> ``[0, ..., 0, one_hot(y, n_way)]``.
+    Regression (``n_way`` None): float ``y`` ``[tasks, n, out]`` -> ``[y, 0, ..., 0]``, or
+    ``[0, ..., 0, y]`` with ``paired=True``. Classification: integer ``y`` ``[tasks, n]`` ->
+    ``[0, ..., 0, one_hot(y, n_way)]`` (either layout).
     """
     if n_way is None:
         _check_vectors(name, y)
@@ -96,7 +119,8 @@ def label_tokens(y: Tensor, width: int, *, n_way: int | None = None, name: str =
             )
         if y.shape[-1] > width:
             raise ValueError(f"{name} has {y.shape[-1]} outputs but tokens are only width={width} wide")
-        return F.pad(y, (0, width - y.shape[-1]))
+        pad = width - y.shape[-1]
+        return F.pad(y, (pad, 0) if paired else (0, pad))
     labels = check_labels(name, y, n_way)
     if n_way > width:
         raise ValueError(f"n_way={n_way} one-hot labels do not fit in tokens of width={width}")
@@ -137,25 +161,93 @@ def query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, query_x_
     return sequences.flatten(0, 1)
 
 
+def paired_query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, query_x_tokens: Tensor) -> Tensor:
+    """One paired sequence per query: ``[tasks * n_query, k + 1, W]``, each ``x_1 + y_1, ..., x_k + y_k, x_query``.
+
+    Input and label tokens must use disjoint coordinates (:func:`token_width` with ``paired=True``
+    or ``n_way``), so their sum holds both. Task-major like :func:`query_sequences`; read the
+    prediction at the last position.
+    """
+    _check_vectors("support_x_tokens", support_x_tokens)
+    if support_y_tokens.shape != support_x_tokens.shape:
+        raise ValueError(
+            f"support_y_tokens must have the shape of support_x_tokens {tuple(support_x_tokens.shape)}, "
+            f"got {_shape(support_y_tokens)}"
+        )
+    if ((support_x_tokens != 0) & (support_y_tokens != 0)).any():
+        raise ValueError("input and label tokens overlap: a paired token needs labels in coordinates of their own")
+    _check_vectors("query_x_tokens", query_x_tokens)
+    tasks, n_query, width = query_x_tokens.shape
+    if tasks != support_x_tokens.shape[0] or width != support_x_tokens.shape[-1]:
+        raise ValueError(
+            f"query_x_tokens must be [tasks={support_x_tokens.shape[0]}, n_query, W={support_x_tokens.shape[-1]}] "
+            f"like the support tokens, got {tuple(query_x_tokens.shape)}"
+        )
+    context = (support_x_tokens + support_y_tokens)[:, None].expand(tasks, n_query, -1, -1)
+    return torch.cat([context, query_x_tokens[:, :, None]], dim=2).flatten(0, 1)
+
+
 def prefix_sequence(x_tokens: Tensor, y_tokens: Tensor) -> Tensor:
     """``x_1, y_1, ..., x_{n-1}, y_{n-1}, x_n``: ``[tasks, 2n - 1, W]``, the last label left out."""
     return interleave(x_tokens, y_tokens)[:, :-1]
 
 
-def task_sequences(task: Task, n_way: int | None = None) -> Tensor:
-    """The query sequences ``[tasks * n_query, 2k + 1, W]`` of a task with *vector* inputs.
+def task_sequences(task: Task, n_way: int | None = None, *, paired: bool = False) -> Tensor:
+    """The query sequences of a task with *vector* inputs.
 
-    Raw tokens, before any learned read-in: the object the transformer of Chapter 5 reads. Image
-    tasks are encoded first, inside :class:`~mlhelpers.learners.incontext.InContextLearner`.
+    ``[tasks * n_query, 2k + 1, W]`` interleaved (:func:`query_sequences`), or
+    ``[tasks * n_query, k + 1, W]`` with ``paired=True`` (:func:`paired_query_sequences`). Raw
+    tokens, before any learned read-in: the object the transformer of Chapter 5 reads. Image tasks
+    are encoded first, inside :class:`~mlhelpers.learners.incontext.InContextLearner`.
     """
     _check_vectors("task.support_x", task.support_x)
     y_features = 1 if n_way is not None else task.support_y.shape[-1]
-    width = token_width(task.support_x.shape[-1], n_way=n_way, y_features=y_features)
-    return query_sequences(
+    width = token_width(task.support_x.shape[-1], n_way=n_way, y_features=y_features, paired=paired)
+    build = paired_query_sequences if paired else query_sequences
+    return build(
         input_tokens(task.support_x, width, name="task.support_x"),
-        label_tokens(task.support_y, width, n_way=n_way, name="task.support_y"),
+        label_tokens(task.support_y, width, n_way=n_way, paired=paired, name="task.support_y"),
         input_tokens(task.query_x, width, name="task.query_x"),
     )
+
+
+def shuffle_support(task: Task, generator: torch.Generator | None = None) -> Task:
+    """The same task with each task's support examples in a fresh random order (labels move along).
+
+    :class:`~mlhelpers.episodes.EpisodicSampler` lays the support set out class by class, so in a
+    1-shot episode the labels read ``0, 1, ..., n_way - 1`` in order. A model with positional
+    embeddings could then learn "the third example has label 2" and ignore the label tokens;
+    shuffling makes the labels the only way to know. Queries and ``info`` are unchanged.
+    """
+    tasks, k = task.support_x.shape[:2]
+    order = torch.rand(tasks, k, generator=generator).argsort(dim=1).to(task.support_x.device)
+    rows = torch.arange(tasks, device=order.device)[:, None]
+    return Task(task.support_x[rows, order], task.support_y[rows, order], task.query_x, task.query_y, task.info)
+
+
+class ShuffledSupport(TaskSampler):
+    """Wraps a sampler so that every batch comes through :func:`shuffle_support`.
+
+    ``ShuffledSupport(EpisodicSampler(omniglot, 5, 1, 5, "train"), seed=0)`` draws the same
+    episodes as the inner sampler, each support set in a random order. Its state (for resuming
+    :func:`~mlhelpers.training.meta_train`) holds both random states.
+    """
+
+    def __init__(self, sampler: TaskSampler, seed: int | None = None) -> None:
+        if not isinstance(sampler, TaskSampler):
+            raise TypeError(f"sampler must be a TaskSampler, got {type(sampler).__name__}")
+        super().__init__(seed, sampler.device)
+        self.sampler = sampler
+
+    def _sample(self, num_tasks: int) -> Task:
+        return shuffle_support(self.sampler.sample(num_tasks).to("cpu"), self.generator)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "inner": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.sampler.load_state_dict(state["inner"])
 
 
 # --- Baselines on every prefix (linear regression, Garg et al. 2022, section 3) ---------------
@@ -183,6 +275,27 @@ def least_squares_predictions(xs: Tensor, ys: Tensor) -> Tensor:
     preds = [torch.zeros_like(y[:, 0])]
     for i in range(1, xs.shape[1]):
         w_hat = torch.linalg.pinv(x[:, :i]) @ y[:, :i]  # [T, d, out]
+        preds.append(torch.einsum("td,tdo->to", x[:, i], w_hat))
+    return torch.stack(preds, dim=1).to(xs.dtype)
+
+
+def ridge_predictions(xs: Tensor, ys: Tensor, alpha: float) -> Tensor:
+    """Ridge regression on each prefix: ``w_hat = (X^T X + alpha I)^{-1} X^T Y`` from the examples before row ``i``.
+
+    ``[tasks, n, d]``, ``[tasks, n, out]`` -> ``[tasks, n, out]``; row 0 is 0. With labels
+    ``y = w . x + noise``, ``w ~ N(0, I)`` and noise variance ``sigma^2``, ``alpha = sigma^2``
+    gives the posterior mean of ``w``: the best possible predictor for noisy linear tasks. As
+    ``alpha -> 0`` it tends to :func:`least_squares_predictions`. Computed in float64.
+    """
+    _check_examples(xs, ys)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+    x, y = xs.double(), ys.double()
+    eye = alpha * torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    preds = [torch.zeros_like(y[:, 0])]
+    for i in range(1, xs.shape[1]):
+        xi = x[:, :i]
+        w_hat = torch.linalg.solve(xi.transpose(1, 2) @ xi + eye, xi.transpose(1, 2) @ y[:, :i])  # [T, d, out]
         preds.append(torch.einsum("td,tdo->to", x[:, i], w_hat))
     return torch.stack(preds, dim=1).to(xs.dtype)
 

@@ -12,13 +12,17 @@ from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import CausalTransformer, InContextLearner, task_loss
 from mlhelpers.models import conv4
 from mlhelpers.sequences import (
+    ShuffledSupport,
     averaging_predictions,
     input_tokens,
     label_tokens,
     least_squares_predictions,
     nearest_neighbour_predictions,
     normalised_squared_error,
+    paired_query_sequences,
     prefix_sequence,
+    ridge_predictions,
+    shuffle_support,
     task_sequences,
     token_width,
     x_positions,
@@ -60,6 +64,45 @@ def test_classification_tokens_keep_labels_in_their_own_coordinates():
     y = label_tokens(torch.tensor([[1, 0]]), width, n_way=2)
     torch.testing.assert_close(x, torch.tensor([[[1.0, 2.0, 3.0, 0.0, 0.0]]]))
     torch.testing.assert_close(y, torch.tensor([[[0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0, 0.0]]]))
+
+
+def test_paired_sequences_hold_one_token_per_example_and_no_query_label():
+    support_x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    support_y = torch.tensor([[[5.0], [6.0]]])
+    query_x = torch.tensor([[[7.0, 8.0], [9.0, 10.0]]])
+    query_y = torch.tensor([[[111.0], [222.0]]])
+    sequences = task_sequences(Task(support_x, support_y, query_x, query_y), paired=True)
+    context = [[1.0, 2.0, 5.0], [3.0, 4.0, 6.0]]
+    expected = torch.tensor([context + [[7.0, 8.0, 0.0]], context + [[9.0, 10.0, 0.0]]])
+    torch.testing.assert_close(sequences, expected)
+    assert not torch.isin(sequences, query_y.flatten()).any()
+    classes = task_sequences(Task(support_x, torch.tensor([[1, 0]]), query_x, torch.tensor([[0, 1]])), n_way=2, paired=True)
+    torch.testing.assert_close(classes[0], torch.tensor([[1.0, 2.0, 0.0, 1.0], [3.0, 4.0, 1.0, 0.0], [7.0, 8.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="overlap"):
+        paired_query_sequences(torch.ones(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 1, 3))
+
+
+def test_shuffle_support_moves_labels_with_their_examples():
+    x = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1)
+    task = Task(x, (x[..., 0] % 6).long(), x[:, :1], torch.zeros(2, 1, dtype=torch.long))
+    shuffled = shuffle_support(task, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(shuffled.support_y, (shuffled.support_x[..., 0] % 6).long())  # pairs intact
+    assert not torch.equal(shuffled.support_x, task.support_x)  # the order changed
+    assert torch.equal(shuffled.support_x.sort(dim=1).values, task.support_x)  # the same examples
+    torch.testing.assert_close(shuffled.query_x, task.query_x)
+
+
+def test_shuffled_support_resumes_exactly_from_its_state():
+    sampler = ShuffledSupport(EpisodicSampler(make_dataset(size=8), 3, 2, 1, seed=0), seed=1)
+    sampler.sample(2)
+    state = sampler.state_dict()
+    first = sampler.sample(2)
+    sampler.load_state_dict(state)
+    again = sampler.sample(2)
+    torch.testing.assert_close(again.support_x, first.support_x)
+    torch.testing.assert_close(again.support_y, first.support_y)
+    labels_in_order = torch.arange(3).repeat_interleave(2)
+    assert any(not torch.equal(row, labels_in_order) for row in sampler.sample(20).support_y)
 
 
 def test_prefix_sequence_drops_the_last_label_and_x_positions_point_at_inputs():
@@ -118,6 +161,32 @@ def test_prefix_predictions_see_only_earlier_examples():
     assert (changed[:, 3:] - curve[:, 3:]).abs().min() > 1e-5
 
 
+def test_paired_learner_ignores_query_labels_and_other_queries():
+    torch.manual_seed(0)
+    learner = InContextLearner(2, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=5, layout="paired").eval()
+    task = linear_task(k=4, q=3)  # k + 1 = 5 tokens fit max_len=5 (2k + 1 = 9 would not)
+    base = learner(task)
+    relabelled = Task(task.support_x, task.support_y, task.query_x, task.query_y + 100.0)
+    torch.testing.assert_close(learner(relabelled), base, rtol=0, atol=0)
+    moved = task.query_x.clone()
+    moved[:, 1] += 3.0
+    out = learner(Task(task.support_x, task.support_y, moved, task.query_y))
+    torch.testing.assert_close(out[:, [0, 2]], base[:, [0, 2]], rtol=0, atol=1e-6)
+    out = learner(Task(task.support_x, task.support_y + 1.0, task.query_x, task.query_y))
+    assert (out - base).abs().min() > 1e-5  # the support labels are read
+    with pytest.raises(ValueError, match="interleaved"):
+        learner.prefix_predictions(task)
+    with pytest.raises(ValueError, match="interleaved"):
+        InContextLearner(2, layout="paired", loss_on_all_positions=True)
+
+
+def test_prefix_predictions_need_only_2k_minus_1_positions():
+    learner = tiny_regressor(max_len=9)  # queries need 2k + 1 <= 9: k <= 4; prefixes 2k - 1 <= 9: k <= 5
+    assert learner.prefix_predictions(linear_task(k=5)).shape == (2, 5, 1)
+    with pytest.raises(ValueError, match="max_len=9"):
+        learner(linear_task(k=5))
+
+
 def test_support_order_matters_with_learned_positions():
     torch.manual_seed(0)
     learner = tiny_regressor()
@@ -165,6 +234,24 @@ def test_least_squares_recovers_w_from_d_examples_where_averaging_and_nn_do_not(
     assert ls[d:].max() < 1e-8
     assert ls[d - 1] > 0.1  # fewer than d examples cannot pin w down
     assert avg[d:].min() > 0.2 and knn[d:].min() > 0.2
+
+
+def test_ridge_tends_to_least_squares_and_beats_it_on_noisy_labels():
+    g = torch.Generator().manual_seed(0)
+    d, n, sigma = 4, 10, 1.0
+    xs = torch.randn(2000, n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(2000, d, 1, generator=g, dtype=torch.float64)
+    clean = xs @ w
+    tiny, exact = ridge_predictions(xs, clean, 1e-9), least_squares_predictions(xs, clean)
+    rows = [i for i in range(n) if i != d]  # n = d: square systems, a few badly conditioned
+    torch.testing.assert_close(tiny[:, rows], exact[:, rows], atol=1e-3, rtol=0)
+    noisy = clean + sigma * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    err = lambda pred: normalised_squared_error(pred, clean, d).mean(dim=0)  # noqa: E731
+    ridge, ls = err(ridge_predictions(xs, noisy, sigma**2)), err(least_squares_predictions(xs, noisy))
+    assert ridge[d] < 0.5 * ls[d]  # least squares interpolates the noise at n = d
+    assert (ridge[1:] <= ls[1:] + 0.02).all()
+    with pytest.raises(ValueError, match="alpha"):
+        ridge_predictions(xs, noisy, 0.0)
 
 
 def test_averaging_and_nearest_neighbours_by_hand():

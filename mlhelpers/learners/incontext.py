@@ -21,6 +21,7 @@ from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.sequences import (
     input_tokens,
     label_tokens,
+    paired_query_sequences,
     prefix_sequence,
     query_sequences,
     token_width,
@@ -165,7 +166,12 @@ class InContextLearner(MetaLearner):
         loss_on_all_positions: :meth:`meta_loss` also scores the prediction of every support label
             from the examples before it (Garg's training objective: the model learns for every
             context length ``0 .. k``, not only ``k``), averaged with the query losses over the
-            ``k + n_query`` predictions of each task. Default False: query loss only.
+            ``k + n_query`` predictions of each task. Default False: query loss only. Interleaved
+            layout only.
+        layout: ``"interleaved"`` (Garg's ``x_1, y_1, ..., x_k, y_k, x_query``, ``2k + 1`` tokens)
+            or ``"paired"`` (one token per example, ``[x_i | y_i]``, then ``[x_query | 0]``:
+            ``k + 1`` tokens, as memory-augmented networks and SNAIL read them; see
+            :mod:`mlhelpers.sequences`). :meth:`prefix_predictions` needs the interleaved layout.
     """
 
     needs_grad_to_adapt = False
@@ -184,8 +190,16 @@ class InContextLearner(MetaLearner):
         max_len: int = 128,
         dropout: float = 0.0,
         loss_on_all_positions: bool = False,
+        layout: str = "interleaved",
     ) -> None:
         super().__init__()
+        if layout not in ("interleaved", "paired"):
+            raise ValueError(f"layout must be 'interleaved' or 'paired', got {layout!r}")
+        if layout == "paired" and loss_on_all_positions:
+            raise ValueError(
+                "loss_on_all_positions needs layout='interleaved': a paired token holds its own label"
+            )
+        self.layout = layout
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
         if n_way is not None:
@@ -196,7 +210,7 @@ class InContextLearner(MetaLearner):
                     "outputs are the n_way logits, leave out_features at 1"
                 )
         self.n_way = n_way
-        self.width = token_width(in_features, n_way=n_way, y_features=out_features)
+        self.width = token_width(in_features, n_way=n_way, y_features=out_features, paired=layout == "paired")
         self.encoder = encoder if encoder is not None else nn.Identity()
         self.read_in = nn.Linear(self.width, d_model)
         self.transformer = CausalTransformer(d_model, n_layers, n_heads, d_ff, max_len, dropout)
@@ -206,6 +220,14 @@ class InContextLearner(MetaLearner):
     @property
     def max_len(self) -> int:
         return self.transformer.max_len
+
+    @property
+    def paired(self) -> bool:
+        return self.layout == "paired"
+
+    def sequence_length(self, k: int) -> int:
+        """Tokens in a query sequence with ``k`` support examples: ``2k + 1`` or, paired, ``k + 1``."""
+        return k + 1 if self.paired else 2 * k + 1
 
     def encode(self, x: Tensor, name: str = "x") -> Tensor:
         """Inputs ``[tasks, n, *x_shape]`` -> input tokens ``[tasks, n, W]``."""
@@ -230,13 +252,21 @@ class InContextLearner(MetaLearner):
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> InContextState:
         """Encode the support set; no parameters change. Raises a ValueError naming a bad argument."""
+        return self._encode_support(support_x, support_y, extra_tokens=1)
+
+    def _encode_support(self, support_x: Tensor, support_y: Tensor, extra_tokens: int) -> InContextState:
+        """:meth:`adapt` for sequences of ``2k + extra_tokens`` tokens (1: a query; -1: a prefix).
+
+        Paired sequences have ``k + 1`` tokens.
+        """
         if not isinstance(support_x, Tensor) or support_x.dim() < 3:
             raise ValueError(f"support_x must be [tasks, k, *x_shape], got {_describe(support_x)}")
         k = support_x.shape[1]
-        if 2 * k + 1 > self.max_len:
+        per_example, what = (1, "k") if self.paired else (2, "2k")
+        if per_example * k + extra_tokens > self.max_len:
             raise ValueError(
-                f"support_x holds k={k} examples per task: sequences of 2k+1={2 * k + 1} tokens, "
-                f"longer than max_len={self.max_len}"
+                f"support_x holds k={k} examples per task: sequences of {what}{extra_tokens:+d}="
+                f"{per_example * k + extra_tokens} tokens, longer than max_len={self.max_len}"
             )
         expected = support_x.shape[:2] if self.n_way is not None else (*support_x.shape[:2], self.out_features)
         if not isinstance(support_y, Tensor) or support_y.shape != expected:
@@ -244,18 +274,19 @@ class InContextLearner(MetaLearner):
                 f"support_y must have shape {tuple(expected)} to match support_x "
                 f"{tuple(support_x.shape)}, got {_describe(support_y)}"
             )
-        y_tokens = label_tokens(support_y, self.width, n_way=self.n_way, name="support_y")
+        y_tokens = label_tokens(support_y, self.width, n_way=self.n_way, paired=self.paired, name="support_y")
         return InContextState(self.encode(support_x, "support_x"), y_tokens)
 
     def _query_outputs(self, adapted: InContextState, query_x: Tensor) -> Tensor:
-        """Outputs at every position of every query sequence: ``[tasks, n_query, 2k + 1, out]``."""
+        """Outputs at every position of every query sequence: ``[tasks, n_query, L, out]``, ``L = 2k + 1`` or ``k + 1``."""
         query_tokens = self.encode(query_x, "query_x")
         if query_tokens.shape[0] != adapted.x_tokens.shape[0]:
             raise ValueError(
                 f"query_x holds {query_tokens.shape[0]} tasks but the support set "
                 f"{adapted.x_tokens.shape[0]}"
             )
-        sequences = query_sequences(adapted.x_tokens, adapted.y_tokens, query_tokens)
+        build = paired_query_sequences if self.paired else query_sequences
+        sequences = build(adapted.x_tokens, adapted.y_tokens, query_tokens)
         outputs = self.read_out(self.transformer(self.read_in(sequences)))
         return outputs.unflatten(0, query_tokens.shape[:2])
 
@@ -269,9 +300,12 @@ class InContextLearner(MetaLearner):
         One pass over ``x_1, y_1, ..., x_k`` (:func:`~mlhelpers.sequences.prefix_sequence`); the
         output at ``x_i`` has seen the ``i - 1`` examples before it only (context lengths
         ``0 .. k - 1``). Shaped like the baselines of :mod:`mlhelpers.sequences`; score with
-        :func:`~mlhelpers.sequences.normalised_squared_error` against ``task.support_y``.
+        :func:`~mlhelpers.sequences.normalised_squared_error` against ``task.support_y``. Needs the
+        interleaved layout and ``2k - 1 <= max_len``.
         """
-        state = self.adapt(task.support_x, task.support_y)
+        if self.paired:
+            raise ValueError("prefix_predictions needs layout='interleaved': a paired token holds its own label")
+        state = self._encode_support(task.support_x, task.support_y, extra_tokens=-1)
         sequence = prefix_sequence(state.x_tokens, state.y_tokens)  # [T, 2k - 1, W]
         outputs = self.read_out(self.transformer(self.read_in(sequence)))
         return outputs[:, x_positions(task.n_support).to(outputs.device)]
@@ -286,5 +320,7 @@ class InContextLearner(MetaLearner):
         query = outputs[:, :, -1]
         if not self.loss_on_all_positions:
             return task_loss(query, task.query_y)
+        if self.paired:
+            raise ValueError("loss_on_all_positions needs layout='interleaved': a paired token holds its own label")
         prefix = outputs[:, 0, x_positions(task.n_support).to(outputs.device)]  # [T, k, out]
         return task_loss(torch.cat([prefix, query], dim=1), torch.cat([task.support_y, task.query_y], dim=1))

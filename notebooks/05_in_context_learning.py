@@ -1,0 +1,881 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 5. In-context learning: meta-learning without gradient steps
+#
+# MAML adapts to a new task with gradient steps; a prototypical network adapts with a fixed
+# rule, averaging embeddings. This chapter removes the last piece of hand-written learning
+# algorithm. The learner is a **sequence model**: it reads the support set as a sequence of
+# (input, label) pairs, then a query, and writes the query's label. Nothing is fitted per task,
+# no gradient is taken at test time; whatever "learning" happens on a new task happens inside one
+# forward pass, in the activations. The weights only encode *how to learn* from a context, and
+# they are meta-trained on many tasks like every learner in this book.
+#
+# This is the oldest idea in meta-learning (Hochreiter, Younger & Conwell 2001 trained an LSTM to
+# learn functions from sequences of examples), it is the **black-box** or **model-based** family
+# of the surveys (memory-augmented networks, Santoro et al. 2016; SNAIL, Mishra et al. 2018), and
+# it is what large language models do when they answer from a few examples in a prompt
+# (Brown et al. 2020). We build it at a size a laptop CPU can train:
+#
+# 1. a task as a sequence of tokens, and a small causal transformer that reads it;
+# 2. the experiment of Garg, Tsipras, Liang & Valiant (2022): a transformer trained on random
+#    linear functions learns, in context, about as well as least squares;
+# 3. where that learner breaks: inputs on another scale, noisy labels, longer contexts;
+# 4. few-shot Omniglot in context, and the same transformer against MAML and ProtoNets;
+# 5. a small version of Chan et al. (2022): what in the *data* makes in-context learning appear;
+# 6. what this does and does not tell us about in-context learning in large language models.
+#
+# Every number below is computed when the notebook runs. In *quick mode* (`MLHELPERS_QUICK=1`)
+# the budgets shrink so the whole notebook runs in a few minutes along the same code path; the
+# website shows a full run.
+
+# %%
+# On Colab, install the book's helper package first; elsewhere this cell does nothing.
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "mlhelpers @ git+https://github.com/learning-to-learn-book/learning-to-learn"
+    pass
+
+# %%
+import math
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import Markdown, display
+from torch import nn
+from tqdm.auto import tqdm
+
+import mlhelpers
+from mlhelpers import Task, budget, quick_mode, seed_everything
+from mlhelpers.data.omniglot import load_omniglot
+from mlhelpers.data.regression import LinearTasks
+from mlhelpers.episodes import EpisodicSampler, TaskSampler
+from mlhelpers.evaluation import evaluate, mean_confidence_interval
+from mlhelpers.learners import MAML, CausalTransformer, InContextLearner, ProtoNet
+from mlhelpers.models import conv4
+from mlhelpers.plotting import plot_learning_curves
+from mlhelpers.sequences import (
+    ShuffledSupport,
+    averaging_predictions,
+    least_squares_predictions,
+    ridge_predictions,
+    shuffle_support,
+    nearest_neighbour_predictions,
+    normalised_squared_error,
+    task_sequences,
+)
+from mlhelpers.training import meta_train
+
+torch.set_num_threads(1)  # small models: one thread each is fastest on a shared CPU
+device = mlhelpers.default_device()
+print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {device}, quick mode {quick_mode()}")
+NOTEBOOK_START = time.perf_counter()
+
+
+def markdown_table(header, rows):
+    """A Markdown table from a header and rows of already formatted cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
+# %% [markdown]
+# ## 5.1 A task as a sequence
+#
+# Take a regression task with support set $\{(x_i, y_i)\}_{i=1}^k$ and a query $x_q$. Garg et
+# al. write it as one sequence of $2k + 1$ tokens, inputs and labels taking turns:
+#
+# $$
+# x_1,\; y_1,\; x_2,\; y_2,\; \dots,\; x_k,\; y_k,\; x_q .
+# $$
+#
+# Every token is a vector of the same width: an input $x \in \mathbb{R}^d$ is itself, a label
+# $y \in \mathbb{R}$ is $(y, 0, \dots, 0)$. A learned linear map (the *read-in*) takes tokens to the
+# transformer's width, and a learned linear map (the *read-out*) turns the transformer's output
+# at the last token into the prediction $\hat y_q$. The helper `task_sequences` builds these
+# sequences; here is one task with $d = 2$, two support examples and two queries. Each query gets
+# a sequence of its own, so a query never sees another query, and **never its own label**.
+
+# %%
+tiny = LinearTasks(dim=2, k_shot=2, q_query=2, seed=0).sample(1)
+sequences = task_sequences(tiny)  # [tasks * n_query, 2k + 1, W]
+print("sequences", tuple(sequences.shape), "  query labels (never in the input):", tiny.query_y.flatten().tolist())
+for q, seq in enumerate(sequences):
+    print(f"query {q}:", "  ".join(f"[{t[0]:+.2f} {t[1]:+.2f}]" for t in seq))
+
+# %% [markdown]
+# A **causal** transformer lets position $i$ attend only to positions $j \le i$ (the scores of
+# later positions are set to $-\infty$ before the softmax). That has two consequences we use all
+# chapter. First, no token can peek ahead. Second, one pass over
+# $x_1, y_1, \dots, x_k, y_k, x_{k+1}$ gives, at every $x_i$, a prediction of $y_i$ made from the
+# $i - 1$ examples before it: the whole **in-context learning curve** for the price of one
+# sequence (`InContextLearner.prefix_predictions`). Training on all those positions at once
+# (`loss_on_all_positions=True`) is Garg et al.'s objective: the model must be a good learner for
+# every context length, not only for the last.
+#
+# The transformer itself (`mlhelpers.learners.CausalTransformer`) is GPT-2's recipe in miniature,
+# written plainly in `torch.nn`: learned positional embeddings, then blocks of pre-LayerNorm
+# causal self-attention and a GELU MLP, each added to a residual stream. The check below is the
+# property the tests assert: change a late token and the outputs before it do not move.
+
+# %%
+torch.manual_seed(0)
+probe = CausalTransformer(d_model=32, n_layers=2, n_heads=4, max_len=16).eval()
+tokens = torch.randn(1, 9, 32)
+changed = tokens.clone()
+changed[0, 6] = torch.randn(32)  # change token 6 only
+with torch.no_grad():
+    moved = (probe(changed) - probe(tokens)).abs().amax(dim=-1)[0]
+fig, ax = plt.subplots(1, 2, figsize=(10, 3), layout="constrained")
+ax[0].imshow(torch.ones(9, 9).tril(), cmap="Greys", vmin=0, vmax=1.6)
+ax[0].set(title="causal mask: who may attend to whom", xlabel="key position j", ylabel="query position i")
+ax[1].bar(range(9), moved.tolist(), color=["tab:grey"] * 6 + ["tab:red"] * 3)
+ax[1].set(title="output change after editing token 6", xlabel="position", ylabel="max |change|", yscale="symlog",
+          ylim=(0, None))
+plt.show()
+print("largest change before position 6:", f"{moved[:6].max():.1e}", "  at 6 and after:", f"{moved[6:].min():.2f}")
+
+# %% [markdown]
+# ## 5.2 Linear regression in context (Garg et al. 2022)
+#
+# **The task family.** Each task is a random linear function $y = w^\top x$ with
+# $w \sim \mathcal{N}(0, I_d)$, observed at inputs $x \sim \mathcal{N}(0, I_d)$; we take $d = 5$.
+# The learner sees $k$ pairs and predicts $y$ at a new $x$. Garg et al. score a prediction by its
+# squared error divided by $d$. Since $\mathbb{E}[y^2] = \mathbb{E}\lVert w \rVert^2 = d$,
+# predicting 0 scores 1 on this scale, whatever the dimension.
+#
+# **Three classical learners** give the reference curves, computed on every prefix like the
+# transformer's (`mlhelpers.sequences`):
+#
+# - **least squares**, $\hat w = X^{+} Y$ fitted to the $i$ examples seen so far (minimum norm
+#   when $i < d$). Without noise it recovers $w$ exactly from $i = d$ examples, and for
+#   $w \sim \mathcal{N}(0, I)$ it is the best possible predictor: the Bayes posterior mean.
+#   With $i < d$ examples it knows $w$ on an $i$-dimensional subspace only, so its error is
+#   $(d - i)/d$.
+# - **averaging**, $\hat w = \frac{1}{i}\sum_{j \le i} y_j x_j$: unbiased, but its error decays
+#   only like $(d + 1)/i$ (exercise 1).
+# - **3-nearest neighbours**: the mean label of the three closest earlier inputs. In five
+#   dimensions the nearest inputs are far apart, and it barely beats predicting zero.
+#
+# **The learner.** A causal transformer with 3 layers, width 64 and 4 heads (about 150,000
+# weights), trained on sequences of 16 examples (context lengths 0 to 15) with the loss on every
+# position. Garg et al. trained a 12-layer GPT-2 for 500,000 steps on a GPU; we have a CPU and a
+# few minutes, so we keep their recipe and shrink everything. One trick from the paper helps at
+# this scale: a **curriculum**. Early on, only the first 2 coordinates of $x$ are non-zero (the
+# others are set to 0), so the model first learns 2-dimensional regression; the effective
+# dimension grows by one at regular intervals until it reaches $d = 5$ halfway through training.
+# The learning rate warms up, then decays along a cosine (one-cycle schedule).
+
+# %%
+D, K_TRAIN, K_MAX = 5, 15, 40  # dimension, context lengths trained (0..15), longest probed (40)
+GARG_STEPS = budget(full=4000, quick=150)
+GARG_BATCH = 64
+
+
+def keep_first_dimensions(task: Task, d_eff: int) -> Task:
+    """The curriculum's tasks: inputs and w zeroed beyond coordinate ``d_eff``, labels recomputed."""
+    keep = (torch.arange(task.support_x.shape[-1]) < d_eff).float()
+    w = (task.info["w"] * keep)[..., None]  # [tasks, d, 1]
+    support_x, query_x = task.support_x * keep, task.query_x * keep
+    return Task(support_x, support_x @ w, query_x, query_x @ w, task.info)
+
+
+def curriculum_dimension(step: int, steps: int, start: int = 2) -> int:
+    """2, 3, 4, then D: one more dimension every (steps / 2) / (D - start) steps."""
+    return min(D, start + (D - start) * step // max(steps // 2, 1))
+
+
+seed_everything(0)
+garg = InContextLearner(D, d_model=64, n_layers=3, n_heads=4, max_len=2 * K_MAX + 1, loss_on_all_positions=True)
+print(f"{sum(p.numel() for p in garg.parameters()):,} weights; trained on sequences of "
+      f"{K_TRAIN + 1} examples ({2 * K_TRAIN + 1} tokens); {GARG_STEPS} steps of {GARG_BATCH} tasks")
+optimizer = torch.optim.Adam(garg.parameters(), lr=1e-3)
+schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=GARG_STEPS, pct_start=0.05)
+train_tasks = LinearTasks(D, K_TRAIN, 1, seed=1)  # 15 support examples + 1 query: 16 predictions
+garg_losses, garg_dims = [], []
+start = time.perf_counter()
+for step in (bar := tqdm(range(GARG_STEPS), desc="Garg et al. linear regression", mininterval=10)):
+    d_eff = curriculum_dimension(step, GARG_STEPS)
+    loss = garg.meta_loss(keep_first_dimensions(train_tasks.sample(GARG_BATCH), d_eff))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(garg.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    garg_losses.append(loss.item() / d_eff)  # per dimension, comparable across the curriculum
+    garg_dims.append(d_eff)
+    if step % 50 == 0:
+        bar.set_postfix_str(f"d_eff={d_eff} loss/d={sum(garg_losses[-50:]) / len(garg_losses[-50:]):.3f}")
+garg_seconds = time.perf_counter() - start
+garg.eval()
+print(f"trained in {garg_seconds / 60:.1f} min")
+
+# %%
+window = max(GARG_STEPS // 40, 1)
+smoothed = torch.tensor(garg_losses).unfold(0, window, window).mean(dim=1)
+fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
+ax.plot(torch.arange(len(smoothed)) * window + window / 2, smoothed, color="tab:blue")
+for step in range(1, GARG_STEPS):
+    if garg_dims[step] != garg_dims[step - 1]:
+        ax.axvline(step, color="grey", ls=":", lw=1)
+        ax.text(step, 1.02, f"d={garg_dims[step]}", color="grey", fontsize=8, transform=ax.get_xaxis_transform())
+ax.set(xlabel="training step", ylabel="training loss / d_eff", yscale="log",
+       title="Training on random linear functions (dotted: the curriculum adds a dimension)")
+plt.show()
+
+# %% [markdown]
+# Now the experiment: 2,000 fresh tasks, and the error of each learner as a function of the
+# number of examples in its context, with 95% confidence intervals over tasks.
+
+
+# %%
+def error_curve(pred: torch.Tensor, target: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 95% CI half-width, per context length, of the normalised squared error ``[tasks, n]``."""
+    errors = normalised_squared_error(pred, target, D) / scale  # [tasks, n]
+    stats = torch.tensor([mean_confidence_interval(errors[:, i]) for i in range(errors.shape[1])])
+    return stats[:, 0], stats[:, 1]
+
+
+def prefix_curves(tasks: Task, model=garg, clean_y: torch.Tensor | None = None, scale: float = 1.0) -> dict:
+    """Every learner's error at context lengths 0 .. k - 1 on the support sequences of ``tasks``.
+
+    ``clean_y``: score against these targets (noise-free labels) instead of ``tasks.support_y``.
+    """
+    xs, ys = tasks.support_x, tasks.support_y
+    target = ys if clean_y is None else clean_y
+    with torch.no_grad():
+        preds = {
+            "transformer": model.prefix_predictions(tasks),
+            "least squares": least_squares_predictions(xs, ys),
+            "3-nearest neighbours": nearest_neighbour_predictions(xs, ys, k=3),
+            "averaging": averaging_predictions(xs, ys),
+        }
+    return {name: error_curve(pred, target, scale) for name, pred in preds.items()}
+
+
+COLOURS = {"transformer": "tab:blue", "least squares": "black", "3-nearest neighbours": "tab:green",
+           "averaging": "tab:orange", "ridge (Bayes optimal)": "tab:purple"}
+
+
+def plot_curves(curves: dict, ax, last: int | None = None, **style):
+    for name, (mean, ci) in curves.items():
+        n = len(mean) if last is None else last + 1
+        ls = "--" if name == "least squares" else "-"
+        ax.plot(range(n), mean[:n], ls, color=COLOURS[name], label=name, **style)
+        ax.fill_between(range(n), (mean - ci)[:n], (mean + ci)[:n], color=COLOURS[name], alpha=0.2, lw=0)
+
+
+N_TEST_TASKS = budget(full=2000, quick=300)
+test_tasks = LinearTasks(D, K_MAX, 1, seed=1234).sample(N_TEST_TASKS)  # 40 examples per task
+garg_curves = prefix_curves(test_tasks)
+fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+plot_curves(garg_curves, ax, last=K_TRAIN)
+ax.axvline(D, color="grey", ls=":", lw=1)
+ax.set(xlabel="in-context examples", ylabel="squared error / d", ylim=(-0.03, 1.35),
+       title=f"Learning linear functions in context, d = {D} (95% CI over {N_TEST_TASKS} tasks)")
+ax.legend()
+plt.show()
+
+two_d = 2 * D
+print(f"Normalised squared error with 2d = {two_d} in-context examples (d = {D}), mean ± 95% CI over {N_TEST_TASKS} tasks:")
+for name, (mean, ci) in garg_curves.items():
+    print(f"  {name:22s} {mean[two_d]:.4f} ± {ci[two_d]:.4f}")
+transformer_err, averaging_err = float(garg_curves["transformer"][0][two_d]), float(garg_curves["averaging"][0][two_d])
+print(f"transformer below 0.05: {transformer_err < 0.05};  averaging above 0.3: {averaging_err > 0.3}")
+
+# %% [markdown]
+# Least squares is exact from $d = 5$ examples on (dashed line at zero); averaging and
+# nearest neighbours are far behind. The transformer was never told about least squares, only
+# shown tasks, yet its curve hugs the optimal one: below $d$ examples it is as good as the Bayes
+# predictor can be, and after $d$ examples its error keeps shrinking toward zero. Garg et al. saw
+# the same with a model a thousand times larger; what the small model loses is the last digits of
+# precision, not the shape. The printed line is the check this chapter was written to pass.
+#
+# That is in-context learning in its cleanest form: a *learning algorithm* (something close to
+# least squares) found by meta-training, run by the forward pass. Von Oswald et al. (2023) and
+# Akyürek et al. (2023) show constructions by which attention layers can implement gradient
+# descent or least-squares updates on the context, and find trained transformers that behave
+# like them; we do not open up our model to check which it does.
+#
+# ## 5.3 Out of distribution: where the learned learner breaks
+#
+# Least squares does not care how its inputs are distributed. A learned learner might: it was
+# meta-trained on one task distribution, and nothing promises it generalises beyond it. Garg et al.
+# probed this; we run three of their probes on our small model.
+#
+# 1. **Scaled inputs**: $x \sim \mathcal{N}(0, s^2 I)$ with $s \ne 1$ (the error is divided by
+#    $s^2 d$, so predicting zero still scores 1).
+# 2. **Noisy labels**: $y = w^\top x + \varepsilon$, $\varepsilon \sim \mathcal{N}(0, \sigma^2)$,
+#    scored against the noise-free $w^\top x$. Now least squares is no longer optimal: with about
+#    $d$ examples it fits the noise and its error spikes (the "double descent" peak). The best
+#    predictor is ridge regression with penalty $\sigma^2$, the Bayes posterior mean.
+# 3. **More examples than seen in training**: the model was trained on contexts of up to 15
+#    examples. We feed it 40. Its positional embeddings for the positions it never saw are still
+#    their random initial values.
+
+# %%
+SCALES = [0.5, 1.0, 2.0, 3.0]
+NOISES = [0.0, 0.5, 1.0]
+n_probe = budget(full=1000, quick=200)
+scale_curves = {}
+for s in SCALES:
+    tasks = LinearTasks(D, K_TRAIN + 1, 1, x_scale=s, seed=2000).sample(n_probe)
+    scale_curves[s] = prefix_curves(tasks, scale=s**2)
+noise_curves = {}
+for sigma in NOISES:
+    tasks = LinearTasks(D, K_TRAIN + 1, 1, noise_std=sigma, seed=3000).sample(n_probe)
+    clean = tasks.support_x @ tasks.info["w"][..., None]
+    curves = prefix_curves(tasks, clean_y=clean)
+    if sigma > 0:
+        with torch.no_grad():
+            ridge = ridge_predictions(tasks.support_x, tasks.support_y, alpha=sigma**2)
+        curves["ridge (Bayes optimal)"] = error_curve(ridge, clean)
+    noise_curves[sigma] = curves
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+ax = axes[0]
+for s, ls in zip(SCALES, [":", "-", "--", "-."]):
+    mean, ci = scale_curves[s]["transformer"]
+    ax.plot(mean, ls, color="tab:blue", label=f"transformer, s = {s}")
+ax.plot(scale_curves[1.0]["least squares"][0], color="black", lw=1, label="least squares (any s)")
+ax.set(xlabel="in-context examples", ylabel="squared error / (s² d)", yscale="log", ylim=(1e-3, 30),
+       title="1. inputs scaled by s")
+ax.legend(fontsize=8)
+ax = axes[1]
+for sigma, ls in zip(NOISES[1:], ["-", "--"]):
+    for name in ("transformer", "least squares", "ridge (Bayes optimal)"):
+        mean, ci = noise_curves[sigma][name]
+        ax.plot(mean, ls, color=COLOURS[name], label=f"{name}, σ = {sigma}")
+        ax.fill_between(range(len(mean)), mean - ci, mean + ci, color=COLOURS[name], alpha=0.15, lw=0)
+ax.set(xlabel="in-context examples", ylabel="error against noise-free w·x (/ d)", ylim=(0, 1.5),
+       title="2. noisy labels")
+ax.legend(fontsize=8)
+ax = axes[2]
+plot_curves(garg_curves, ax)
+ax.axvspan(K_TRAIN + 0.5, K_MAX, color="tab:red", alpha=0.08)
+ax.text(K_TRAIN + 1, 1.2, "never trained\non this many", color="tab:red", fontsize=9)
+ax.set(xlabel="in-context examples", ylabel="squared error / d", ylim=(-0.03, 1.4),
+       title="3. longer contexts than in training")
+ax.legend(fontsize=8, loc="center right")
+plt.show()
+
+at = two_d
+print(f"Error with {at} examples:")
+for s in SCALES:
+    print(f"  inputs x{s}:  transformer {scale_curves[s]['transformer'][0][at]:.3f}, "
+          f"least squares {scale_curves[s]['least squares'][0][at]:.3f}")
+for sigma in NOISES[1:]:
+    c = noise_curves[sigma]
+    print(f"  noise σ={sigma}: transformer {c['transformer'][0][at]:.3f}, least squares {c['least squares'][0][at]:.3f}, "
+          f"ridge {c['ridge (Bayes optimal)'][0][at]:.3f}   (at d = {D} examples: transformer "
+          f"{c['transformer'][0][D]:.3f}, least squares {c['least squares'][0][D]:.3f})")
+tr = garg_curves["transformer"][0]
+print(f"  longer contexts: transformer at 15 examples {tr[K_TRAIN]:.3f}, at 20 {tr[20]:.3f}, at 30 {tr[30]:.3f}, "
+      f"at {K_MAX - 1} {tr[K_MAX - 1]:.3f}")
+
+# %% [markdown]
+# ## 5.4 Few-shot Omniglot in context
+#
+# The same machinery classifies images. A 5-way 1-shot episode becomes a sequence of five
+# (drawing, label) pairs and a query drawing; the transformer outputs five logits at the query.
+# Two changes from the regression model:
+#
+# - **An encoder.** A drawing is 784 pixels; a small MLP (784 → 256 → 64), trained end to end with
+#   the transformer, turns it into a feature vector before it becomes a token.
+# - **One token per example.** Garg's interleaved layout needs two attention steps to use a label:
+#   an earlier layer must first copy $x_i$ into the token of $y_i$ (Olsson et al. 2022 call this
+#   circuit an *induction head*), then the query can find it. Memory-augmented networks and SNAIL
+#   instead feed each example together with its label. We do the same (`layout="paired"`): token
+#   $i$ is $[\,\mathrm{enc}(x_i) \mid \mathrm{onehot}(y_i)\,]$ and the query's token is
+#   $[\,\mathrm{enc}(x_q) \mid 0\,]$, so one attention step can match the query's features and
+#   copy a label. On a CPU budget this matters: in trial runs the interleaved layout, and a conv4
+#   encoder, sat at chance for hundreds of steps where the paired MLP model was already learning.
+#
+# Labels are assigned to classes at random in every episode, so the only way to know which label
+# goes with which drawing is to read the context. One more detail matters: the episode sampler
+# lays the support set out class by class, so in a 1-shot episode the labels always read
+# $0, 1, 2, 3, 4$ in order, and a model with positional embeddings could read a label off the
+# *position* of the matching example. `ShuffledSupport` shuffles every support set.
+
+# %%
+omniglot = load_omniglot()
+N_WAY, Q_QUERY = 5, 2
+ICL_STEPS = budget(full=2000, quick=60)
+ICL_BATCH = 32
+
+
+def pixel_mlp() -> nn.Module:
+    """[batch, 1, 28, 28] -> [batch, 64]: the encoder of every MLP-based learner in this chapter."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 64))
+
+
+def omniglot_episodes(split: str, k_shot: int = 1, q_query: int = Q_QUERY, seed: int = 0, **kwargs) -> TaskSampler:
+    """5-way episodes of a split with shuffled support sets (train: with rotations, as usual)."""
+    inner = EpisodicSampler(omniglot, N_WAY, k_shot, q_query, split, rotations=split == "train", seed=seed, **kwargs)
+    return ShuffledSupport(inner, seed=seed + 1)
+
+
+seed_everything(10)
+icl = InContextLearner(64, n_way=N_WAY, encoder=pixel_mlp(), d_model=64, n_layers=2, n_heads=4,
+                       max_len=32, layout="paired")  # 32: room to probe 5-shot contexts later
+start = time.perf_counter()
+icl_history = meta_train(
+    icl, omniglot_episodes("train", seed=100), steps=ICL_STEPS, meta_batch_size=ICL_BATCH,
+    val_sampler=omniglot_episodes("val", q_query=5, seed=200), val_every=budget(full=250, quick=30),
+    val_episodes=budget(full=200, quick=20), seed=11)
+icl_seconds = time.perf_counter() - start
+ax = plot_learning_curves(icl_history, smoothing=max(ICL_STEPS // 20, 1))
+ax.set_title("Transformer on 5-way 1-shot Omniglot sequences (validation: meta-validation alphabets)")
+plt.show()
+
+# %%
+N_TEST_EPISODES = budget(full=600, quick=40)
+
+
+def test_accuracy(learner, k_shot: int = 1, seed: int = 7001):
+    """Accuracy on 5-way episodes of the meta-test alphabets: the same episodes for every learner."""
+    return evaluate(learner, omniglot_episodes("test", k_shot=k_shot, q_query=5, seed=seed), N_TEST_EPISODES)
+
+
+icl_result = test_accuracy(icl)
+print(f"In-context transformer, 5-way 1-shot, meta-test alphabets: {icl_result}   (chance: 20%)")
+
+# %% [markdown]
+# ## 5.5 A black-box meta-learner next to MAML and ProtoNets
+#
+# Seen from far enough away, every meta-learner in this book is a function from a support set and
+# a query to a prediction, $\hat y_q = f_\theta(\mathcal{S}, x_q)$, meta-trained end to end. They
+# differ in how much of $f_\theta$ is fixed by hand:
+#
+# | family | $f_\theta(\mathcal{S}, x_q)$ | fixed by hand |
+# |---|---|---|
+# | optimisation-based (MAML, Ch. 3) | a network with weights after gradient steps on $\mathcal{S}$ | the learning rule: gradient descent |
+# | metric-based (ProtoNet, Ch. 4) | softmax over distances to class means of embeddings | the learning rule: nearest class mean |
+# | black-box / model-based (this chapter) | a sequence model reading $\mathcal{S}$ then $x_q$ | nothing but the architecture |
+#
+# The black box is the most general (it can represent the other two rules, in principle), and
+# therefore has the least help. Here are the three on the same tasks: 5-way 1-shot episodes from
+# the meta-training alphabets, evaluated on the same 600 meta-test episodes. ProtoNet runs twice:
+# with the transformer's MLP encoder (the same features budget) and with the standard conv4.
+# MAML uses Chapter 3's settings (conv4 with 32 channels, per-task batch statistics, one inner
+# step of 0.4 in training, three at test). The budgets are modest and written in the table; none
+# of them was tuned on the meta-test alphabets.
+
+# %%
+PROTO_CONV_STEPS, MAML_STEPS = budget(full=500, quick=10), budget(full=200, quick=4)
+comparison = {"transformer, in context": (icl, f"{ICL_STEPS} x {ICL_BATCH}", icl_seconds)}
+
+
+def train_and_time(learner, steps, batch, seed, **kwargs):
+    start = time.perf_counter()
+    meta_train(learner, omniglot_episodes("train", seed=seed), steps=steps, meta_batch_size=batch, seed=seed, **kwargs)
+    return learner, f"{steps} x {batch}", time.perf_counter() - start
+
+
+seed_everything(20)
+comparison["ProtoNet, same MLP encoder"] = train_and_time(ProtoNet(pixel_mlp()), ICL_STEPS, ICL_BATCH, seed=21)
+seed_everything(30)
+comparison["ProtoNet, conv4"] = train_and_time(ProtoNet(conv4(hidden_channels=32)), PROTO_CONV_STEPS, 8, seed=31)
+seed_everything(40)
+maml = MAML(conv4(hidden_channels=32, out_features=N_WAY, norm="task"), inner_lr=0.4, inner_steps=1,
+            eval_inner_steps=3, strategy="loop")
+comparison["MAML, conv4"] = train_and_time(maml, MAML_STEPS, 8, seed=41,
+                                           optimizer=torch.optim.Adam(maml.parameters(), lr=1e-3))
+
+ADAPTS_BY = {"transformer, in context": "one forward pass over the sequence",
+             "ProtoNet, same MLP encoder": "class means of embeddings",
+             "ProtoNet, conv4": "class means of embeddings",
+             "MAML, conv4": "3 gradient steps"}
+rows, comparison_results = [], {}
+for name, (learner, budget_text, seconds) in comparison.items():
+    result = icl_result if learner is icl else test_accuracy(learner)
+    comparison_results[name] = result
+    rows.append([name, ADAPTS_BY[name], budget_text, f"{seconds / 60:.1f}",
+                 f"{100 * result.mean:.1f} ± {100 * result.ci95:.1f}"])
+display(markdown_table(["learner", "adapts by", "meta-training (steps x tasks)", "training minutes", "5-way 1-shot accuracy (%)"], rows))
+print(f"Meta-test alphabets, mean ± 95% CI over {N_TEST_EPISODES} episodes; CPU minutes on a shared 2-core machine.")
+
+# %% [markdown]
+# The black box learns to classify new alphabets from one example per class with no gradient
+# step, but on this budget it is not the best of the three. That matches the literature's
+# experience: SNAIL and memory-augmented networks reached state-of-the-art Omniglot numbers only
+# after long training, and prototypical networks get there with far less compute because their
+# learning rule is built in. The black box pays for its generality in data and compute; what it
+# buys is the ability to learn rules nobody wrote down, as least squares in section 5.2.
+#
+# Two more differences are cheap to measure. **Order**: a prototypical network is invariant to the
+# order of the support set, by construction; the transformer reads positions, so shuffling the
+# same five examples can change its answer. **More shots than trained**: ProtoNet averages any
+# number of examples per class; our transformer was trained on 5-token contexts only.
+
+# %%
+order_tasks = omniglot_episodes("test", q_query=5, seed=7001).sample(budget(full=200, quick=20))
+flips = []
+with torch.no_grad():
+    base = icl(order_tasks).argmax(-1)
+    for seed in range(budget(full=10, quick=3)):
+        reordered = shuffle_support(order_tasks, torch.Generator().manual_seed(seed))  # same examples, new order
+        flips.append((icl(reordered).argmax(-1) != base).float().mean().item())
+flip_mean, flip_ci = mean_confidence_interval(flips)
+print(f"Transformer: reordering the support set changes {100 * flip_mean:.1f}% ± {100 * flip_ci:.1f}% of its "
+      f"query predictions (ProtoNet: 0% by construction)")
+
+shots = [1, 2, 3, 5]
+shot_results = {name: [test_accuracy(comparison[name][0], k_shot=k, seed=7100 + k) for k in shots]
+                for name in ("transformer, in context", "ProtoNet, same MLP encoder")}
+fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+for name, results in shot_results.items():
+    ax.errorbar(shots, [100 * r.mean for r in results], yerr=[100 * r.ci95 for r in results], marker="o",
+                capsize=3, label=name)
+ax.axvspan(1.5, 5.5, color="tab:red", alpha=0.06)
+ax.set(xlabel="examples per class in the context (trained: 1)", ylabel="5-way test accuracy (%)", xticks=shots,
+       title="More examples than in training")
+ax.legend()
+plt.show()
+for name, results in shot_results.items():
+    print(f"{name:28s} " + "  ".join(f"{k}-shot {100 * r.mean:.1f}±{100 * r.ci95:.1f}" for k, r in zip(shots, results)))
+
+# %% [markdown]
+# ## 5.6 What makes in-context learning appear? (a small Chan et al. 2022)
+#
+# So far every training sequence was an episode built for in-context learning: fresh labels each
+# time, so that the context was the *only* source of the answer. Natural data is not built like
+# that, yet large language models learn in context anyway. Chan et al. (2022) asked which
+# properties of the training *data* make a transformer learn in context rather than memorise
+# answers in its weights ("in-weights learning"). Training on Omniglot sequences where each class
+# keeps **one fixed label**, so that both strategies can work, they found in-context learning
+# appears when
+#
+# - the data are **bursty**: a class that appears in a sequence tends to appear several times in
+#   it (as a topic recurs within a document but is rare across documents), and
+# - there are **many, individually rare classes**,
+#
+# while a few common classes favour in-weights learning. Their runs took hundreds of thousands of
+# steps on accelerators. Ours is a 2 x 2 experiment that takes minutes:
+#
+# - **classes**: 16 or 512 training classes (characters of the meta-training alphabets, rotations
+#   counted as classes). There are always 16 labels; class $c$ has the fixed label $c \bmod 16$,
+#   so with 512 classes each label is shared by 32 classes.
+# - **burstiness**: a sequence has 8 (drawing, label) pairs and a query. In a *bursty* sequence
+#   (probability 0.9) the context holds 4 drawings of the query's class and 4 of one other class;
+#   otherwise the 8 context classes and the query class are drawn independently, so the query's
+#   class is usually absent and only memory can answer.
+#
+# After training, two tests tell the strategies apart:
+#
+# - **in-context**: 2 *new* classes from the meta-test alphabets, 4 drawings each, with 2 labels
+#   picked at random from the 16. Weights cannot know these classes; chance is 50%.
+# - **in-weights**: a training class as the query, and a context of other training classes. Only
+#   memory can answer; chance is 1/16.
+
+# %%
+N_LABELS, CONTEXT = 16, 8
+
+
+class ClassPool:
+    """Classes ``(character, quarter turns)`` drawn from one split, each with a fixed label ``index % n_labels``."""
+
+    def __init__(self, split: str, n_classes: int, rotations: bool, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        characters = omniglot.classes_of(split)
+        turns = 4 if rotations else 1
+        pool = torch.stack([characters.repeat_interleave(turns), torch.arange(turns).repeat(len(characters))], 1)
+        self.entries = pool[torch.randperm(len(pool), generator=g)[:n_classes]]  # [n_classes, 2]
+        self.labels = torch.arange(len(self.entries)) % N_LABELS
+        self.examples = [torch.nonzero(omniglot.labels == c).flatten() for c in self.entries[:, 0].tolist()]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def draw(self, entry: int, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` distinct drawings of class ``entry``: ``[n, 1, 28, 28]``."""
+        index = self.examples[entry][torch.randperm(len(self.examples[entry]), generator=g)[:n]]
+        return torch.rot90(omniglot.images[index], int(self.entries[entry, 1]), dims=(-2, -1))
+
+
+class BurstySequences(TaskSampler):
+    """Sequences of ``CONTEXT`` (drawing, label) pairs and one query, as a Task with ``k = CONTEXT``, 1 query.
+
+    ``info["fixed_label"]`` ``[tasks]`` is the label the query's class has in training.
+
+    ``mode="train"``: bursty with probability ``p_bursty`` (4 + 4 drawings of the query's class and
+    one other), else i.i.d. classes; fixed labels. ``"in-context"``: always bursty, two random labels
+    per sequence. ``"in-weights"``: i.i.d. context classes that exclude the query's class.
+    """
+
+    def __init__(self, pool: ClassPool, mode: str = "train", p_bursty: float = 0.9, seed: int | None = None) -> None:
+        super().__init__(seed)
+        self.pool, self.mode, self.p_bursty = pool, mode, p_bursty
+
+    def _sequence(self):
+        g, pool, half = self.generator, self.pool, CONTEXT // 2
+        bursty = self.mode == "in-context" or (self.mode == "train" and torch.rand(1, generator=g) < self.p_bursty)
+        if bursty:
+            a, b = torch.randperm(len(pool), generator=g)[:2].tolist()
+            xa, xb = pool.draw(a, half + 1, g), pool.draw(b, half, g)
+            if self.mode == "in-context":
+                la, lb = torch.randperm(N_LABELS, generator=g)[:2].tolist()
+            else:
+                la, lb = int(pool.labels[a]), int(pool.labels[b])
+            order = torch.randperm(CONTEXT, generator=g)
+            x, y = torch.cat([xa[:half], xb])[order], torch.tensor([la] * half + [lb] * half)[order]
+            return x, y, xa[half:], torch.tensor([la]), pool.labels[a]
+        query = int(torch.randint(len(pool), (1,), generator=g))
+        if self.mode == "in-weights":  # any class but the query's
+            context = (query + 1 + torch.randint(len(pool) - 1, (CONTEXT,), generator=g)) % len(pool)
+        else:
+            context = torch.randint(len(pool), (CONTEXT,), generator=g)
+        x = torch.cat([pool.draw(int(c), 1, g) for c in context])
+        return x, pool.labels[context], pool.draw(query, 1, g), pool.labels[query:query + 1], pool.labels[query]
+
+    def _sample(self, num_tasks: int) -> Task:
+        *parts, fixed = (torch.stack(part) for part in zip(*(self._sequence() for _ in range(num_tasks))))
+        return Task(*parts, info={"fixed_label": fixed})  # fixed_label [tasks]: the query class's own label
+
+
+CHAN_STEPS = budget(full=1000, quick=40)
+CHAN_EVAL = budget(full=1000, quick=100)
+new_classes = ClassPool("test", n_classes=len(omniglot.classes_of("test")), rotations=False, seed=1)
+chan, chan_models, chan_pools = {}, {}, {}
+for n_classes in (16, 512):
+    pool = ClassPool("train", n_classes, rotations=True, seed=0)
+    for p_bursty in (0.0, 0.9):
+        seed_everything(50)
+        model = InContextLearner(64, n_way=N_LABELS, encoder=pixel_mlp(), d_model=64, n_layers=2, n_heads=4,
+                                 max_len=CONTEXT + 1, layout="paired")
+        meta_train(model, BurstySequences(pool, p_bursty=p_bursty, seed=51), steps=CHAN_STEPS, meta_batch_size=32,
+                   seed=52, progress=False)
+        chan_models[n_classes, p_bursty], chan_pools[n_classes] = model, pool
+        chan[n_classes, p_bursty] = {
+            "in-context": evaluate(model, BurstySequences(new_classes, "in-context", seed=53), CHAN_EVAL),
+            "in-weights": evaluate(model, BurstySequences(pool, "in-weights", seed=54), CHAN_EVAL),
+        }
+        print(f"{n_classes:4d} classes, p(bursty) = {p_bursty}: "
+              + ", ".join(f"{test} {result}" for test, result in chan[n_classes, p_bursty].items()))
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+settings = [(16, 0.0), (16, 0.9), (512, 0.0), (512, 0.9)]
+names = [f"{n} classes\n{'bursty' if p else 'not bursty'}" for n, p in settings]
+for ax, test, chance, colour in zip(axes, ("in-context", "in-weights"), (50, 100 / N_LABELS), ("tab:blue", "tab:orange")):
+    means = [100 * chan[s][test].mean for s in settings]
+    cis = [100 * chan[s][test].ci95 for s in settings]
+    ax.bar(range(4), means, yerr=cis, capsize=4, color=colour)
+    ax.axhline(chance, color="grey", ls=":", lw=1)
+    ax.text(3.45, chance + 1.5, "chance", color="grey", fontsize=8, ha="right")
+    ax.set_xticks(range(4), names, fontsize=9)
+    ax.set(ylim=(0, 100), ylabel="accuracy (%), 95% CI")
+axes[0].set_title("in-context test: new classes, random labels")
+axes[1].set_title("in-weights test: training classes, absent from the context")
+fig.suptitle(f"What the training data favour ({CHAN_STEPS} steps per model, {CHAN_EVAL} test sequences)")
+plt.show()
+
+# %% [markdown]
+# Read the two panels together (the numbers are printed above the plot). The in-context test asks
+# for something no weight can know; the in-weights test asks for something no context contains.
+# Which of the four models pass which test is decided by the training data alone, since the
+# architecture, the budget and the seed are the same for all four. Chan et al.'s findings, which
+# our small runs are set up to probe, are that burstiness is what makes the context worth reading,
+# that a small set of common classes is easy to memorise (and then the weights answer), and that
+# many rare classes make memorising hard, which pushes the model toward the context. With 1,000
+# steps on a CPU our runs are short even by the standard of this chapter; Chan et al. also saw
+# in-context learning appear late in training and sometimes fade again, so a longer run can tell
+# a different story (exercise 4).
+#
+# ## 5.7 What this says about in-context learning in large language models
+#
+# A large language model given a prompt such as "sea otter → loutre de mer, cheese → fromage,
+# peppermint →" continues with "menthe poivrée": it has learned a task from examples in its
+# context, with no weight update (Brown et al. 2020, who named this *in-context* or *few-shot*
+# learning). This chapter built the same behaviour in miniature, and it is worth being precise
+# about what carries over.
+#
+# **Shown in this chapter, on small models:**
+#
+# - A transformer meta-trained on a task family learns new tasks of that family from examples in
+#   its context, with no gradient step, and for linear regression about as well as the optimal
+#   algorithm (section 5.2).
+# - It learns *the training distribution's* algorithm, not a universal one: on inputs of another
+#   scale and on contexts longer than in training it degrades, on noisy labels it does something
+#   reasonable (section 5.3).
+# - Its predictions depend on the order of the examples in the context, where a prototypical
+#   network's cannot (section 5.5).
+# - Whether in-context learning appears at all depends on the training data (section 5.6).
+#
+# **Reported elsewhere, on large language models, and not reproduced here** (this book runs no
+# large model):
+#
+# - *Sensitivity to example order and format.* Zhao et al. (2021, "Calibrate before use") and Lu
+#   et al. (2022, "Fantastically ordered prompts") found that reordering the same few examples,
+#   or changing the prompt template, can move GPT-3's accuracy from near chance to near the state
+#   of the art; models favour labels that are frequent or recent in the prompt.
+# - *Labels matter less than one would think.* Min et al. (2022, "Rethinking the role of
+#   demonstrations") found that replacing the labels of the demonstrations by random ones barely
+#   hurt many models: the examples conveyed the format and the input distribution more than the
+#   input-label mapping. Wei et al. (2023, "Larger language models do in-context learning
+#   differently") found that the largest models *can* follow flipped or semantically unrelated
+#   labels, overriding what they learned in pre-training, while smaller ones cannot. Our models
+#   sit at the other extreme: their labels have no meaning at all, so the mapping in the context
+#   is all they have.
+# - *Mechanisms.* Olsson et al. (2022) tie in-context learning in language models to induction
+#   heads (the two-step circuit of section 5.4); von Oswald et al. (2023) and Akyürek et al.
+#   (2023) show how attention can implement gradient descent or least squares on the context,
+#   the behaviour our linear-regression model matches; Xie et al. (2022) describe in-context
+#   learning as implicit Bayesian inference over latent tasks; Raventós et al. (2023) find that
+#   enough task diversity in pre-training makes transformers learn in context beyond the
+#   pre-training tasks; Chan et al. (2022) study the data properties of section 5.6.
+# - *Scale.* In-context abilities of language models grow with model size (Brown et al. 2020;
+#   Wei et al. 2023); nothing at the size of this chapter speaks to that.
+#
+# The honest summary: small controlled models make the *idea* exact and testable (we can compare
+# with the optimal learner, which no one knows for language), and they reproduce several
+# qualitative failure modes; they do not tell us how a particular large model solves a
+# particular prompt.
+#
+# ## 5.8 Summary
+#
+# - A meta-learner can be a sequence model: the support set becomes a sequence, the query's label
+#   the model's next output, and adaptation a forward pass. This is black-box (model-based)
+#   meta-learning, and it is what "in-context learning" names.
+# - A small causal transformer trained on random linear functions learns in context almost as
+#   well as least squares, the best possible learner for that family (Garg et al. 2022).
+# - The learned learner is tied to its training distribution: it breaks on contexts longer than
+#   in training and degrades on inputs of another scale.
+# - On few-shot Omniglot the same model works with no gradient step at test time, but at a CPU
+#   budget a prototypical network, whose learning rule is built in, is better; the black box
+#   needs more data and compute to discover a rule.
+# - What the training data look like (burstiness, many rare classes) decides whether a transformer
+#   learns to read its context or to memorise (Chan et al. 2022).
+#
+# Chapter 6 turns from learning *from* tasks to learning the *settings* of learning:
+# hyperparameters and architectures as a meta-learning problem.
+
+# %% [markdown]
+# ## Exercises
+#
+# **1. The averaging estimator.** Show that for $x_j, w \sim \mathcal{N}(0, I_d)$ and noiseless
+# labels, the averaging estimator $\hat w = \frac1i \sum_{j \le i} y_j x_j$ has expected normalised
+# error $\mathbb{E}[(\hat w^\top x - w^\top x)^2]/d = (d + 1)/i$ on a fresh $x$. Check it against
+# the averaging curve of section 5.2.
+#
+# **2. Least squares below $d$ examples.** Explain why minimum-norm least squares has expected
+# normalised error $(d - i)/d$ with $i < d$ noiseless examples, and why no learner can do better
+# for $w \sim \mathcal{N}(0, I_d)$. Compare with the transformer's curve.
+#
+# **3. Order in regression.** Least squares does not care about the order of its examples. Does
+# our transformer? Permute the 10 context examples of test tasks and measure how much its
+# prediction of the 11th label moves, relative to its error.
+#
+# **4. Weights against context.** Take the model trained on 16 classes with bursty sequences.
+# Give it bursty sequences of its *training* classes, but with labels drawn at random, so the
+# context contradicts what its weights learned. Which does it follow? (Wei et al. 2023 ask the
+# same of language models with flipped labels.)
+#
+# **5. Why no learning curve for paired tokens?** `prefix_predictions` refuses a model with
+# `layout="paired"`. Why can the causal outputs of a paired sequence not be read as predictions of
+# the support labels, when those of an interleaved sequence can?
+#
+# ## Solutions
+#
+# **1.** Write $\hat w = \frac1i\sum_j x_j x_j^\top w$, so $\hat w - w = (\hat\Sigma - I)w$ with
+# $\hat\Sigma = \frac1i\sum_j x_j x_j^\top$. For a fresh $x$, $\mathbb{E}[(x^\top(\hat w - w))^2] =
+# \mathbb{E}\lVert(\hat\Sigma - I)w\rVert^2 = \mathbb{E}\,\mathrm{tr}(\hat\Sigma - I)^2$ (using
+# $\mathbb{E}[xx^\top] = \mathbb{E}[ww^\top] = I$). Each $x_jx_j^\top - I$ has zero mean and the
+# $i$ terms are independent, so $\mathbb{E}\,\mathrm{tr}(\hat\Sigma - I)^2 =
+# \frac1i\mathbb{E}\,\mathrm{tr}(xx^\top - I)^2 = \frac1i(\mathbb{E}\lVert x\rVert^4 - 2\,\mathbb{E}\lVert x \rVert^2 + d)
+# = \frac1i(d^2 + 2d - 2d + d) = \frac{d(d+1)}{i}$, using $\mathbb{E}\lVert x\rVert^4 = d^2 + 2d$.
+# Dividing by $d$ gives $(d+1)/i$: for $d = 5$ and $i = 10$, $0.6$.
+
+# %%
+avg_mean, avg_ci = garg_curves["averaging"]
+for i in (1, 5, 10, 15):
+    print(f"averaging, {i:2d} examples: measured {avg_mean[i]:.3f} ± {avg_ci[i]:.3f}, (d + 1) / i = {(D + 1) / i:.3f}")
+
+# %% [markdown]
+# **2.** With $i < d$ noiseless examples, $y = Xw$ determines the projection of $w$ onto the
+# row space of $X$ (dimension $i$) and nothing else. The posterior of $w \sim \mathcal{N}(0, I)$
+# given the data is that projection plus an independent $\mathcal{N}(0, I)$ component in the
+# $(d - i)$-dimensional orthogonal complement, whose mean is 0. Minimum-norm least squares returns
+# exactly the posterior mean (the projection), so it is the Bayes-optimal predictor; its error on a
+# fresh $x$ is the variance of the unknown component, $\mathbb{E}\lVert P_\perp w\rVert^2 = d - i$,
+# or $(d - i)/d$ normalised. No learner can beat the posterior mean in expected squared error.
+# The printout compares; the transformer cannot beat these numbers beyond the confidence interval.
+
+# %%
+ls_mean = garg_curves["least squares"][0]
+tr_mean, tr_ci = garg_curves["transformer"]
+for i in range(D + 1):
+    print(f"{i} examples: (d - i)/d = {(D - i) / D:.3f}, least squares {ls_mean[i]:.3f}, "
+          f"transformer {tr_mean[i]:.3f} ± {tr_ci[i]:.3f}")
+
+# %% [markdown]
+# **3.** We permute the 10 context examples of each test task (keeping the 11th as the query) and
+# compare the two predictions of the query's label.
+
+# %%
+ctx = Task(test_tasks.support_x[:, :two_d + 1], test_tasks.support_y[:, :two_d + 1],
+           test_tasks.query_x, test_tasks.query_y)
+with torch.no_grad():
+    pred = garg.prefix_predictions(ctx)[:, -1]
+    moves = []
+    for seed in range(5):
+        perm = torch.cat([torch.randperm(two_d, generator=torch.Generator().manual_seed(seed)), torch.tensor([two_d])])
+        shuffled = Task(ctx.support_x[:, perm], ctx.support_y[:, perm], ctx.query_x, ctx.query_y)
+        moves.append(normalised_squared_error(garg.prefix_predictions(shuffled)[:, -1], pred, D).mean().item())
+error = normalised_squared_error(pred, ctx.support_y[:, -1], D).mean().item()
+print(f"prediction moves by (squared, / d) {sum(moves) / len(moves):.4f} on reordering; its error is {error:.4f}")
+
+# %% [markdown]
+# The model is *not* permutation invariant (positions are part of its input), but once trained
+# the change from reordering is of the same order as its error, or smaller: order matters the way
+# noise does, not the way it does for the prompts of Lu et al. (2022). A permutation-invariant
+# architecture (no positional embeddings for the context, as in TabPFN, Hollmann et al. 2023)
+# would make it exactly zero.
+#
+# **4.** We give the model bursty sequences of its training classes with random labels, and count
+# how often it answers with the label in the context and how often with the label its weights
+# attach to the query's class.
+
+# %%
+model, pool = chan_models[16, 0.9], chan_pools[16]
+conflict = BurstySequences(pool, "in-context", seed=60).sample(budget(full=1000, quick=100))
+with torch.no_grad():
+    answer = model(conflict).argmax(-1)[:, 0]
+context_label, weights_label = conflict.query_y[:, 0], conflict.info["fixed_label"]
+differ = context_label != weights_label  # 1 in 16 random labels happens to be the right one
+print(f"{int(differ.sum())} sequences where context and weights disagree; the model answers")
+print(f"  the context's label {100 * (answer == context_label)[differ].float().mean():.1f}%, "
+      f"the weights' label {100 * (answer == weights_label)[differ].float().mean():.1f}%, "
+      f"something else {100 * ((answer != context_label) & (answer != weights_label))[differ].float().mean():.1f}%")
+
+# %% [markdown]
+# Whichever way the split falls in the run above, it is the same question Wei et al. (2023) ask
+# of language models with flipped labels, asked here of a model whose whole training history we
+# know: the answer depends on how the training data made it weigh context against memory
+# (compare the in-weights and in-context scores of this model in section 5.6).
+#
+# **5.** In a causal model the output at position $i$ may use every token up to and including
+# $i$. In the interleaved layout the token at $x_i$ holds the input only, so the output there is
+# a prediction of $y_i$ from the examples before it and $x_i$, exactly what a learning curve
+# needs. A paired token $[x_i \mid y_i]$ already contains the label, so the output at that position
+# could simply copy it: it is not a prediction. (With paired tokens, a learning curve needs one
+# sequence per context length, or the layout of MANN and SNAIL, where token $i$ holds $x_i$ with
+# the *previous* label $y_{i-1}$.)
+
+# %%
+print(f"Notebook ran in {(time.perf_counter() - NOTEBOOK_START) / 60:.1f} min")
