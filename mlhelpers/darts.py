@@ -1,0 +1,191 @@
+"""Differentiable architecture search (DARTS, Liu et al. 2019), small enough for a CPU. Chapter 6.
+
+DARTS is another bilevel problem (Chapter 2): the *architecture* weights ``alpha`` are the outer
+variables, the network weights ``w`` the inner ones,
+
+    min_alpha  L_val(w*(alpha), alpha)   subject to   w*(alpha) = argmin_w L_train(w, alpha).
+
+Every edge of a cell computes a *mixed operation*, a softmax(alpha)-weighted sum of candidate
+operations, so the choice of operation becomes continuous. As MAML approximates ``w*`` by a few
+gradient steps, DARTS approximates it by one: ``w' = w - xi * grad_w L_train(w, alpha)``.
+With ``xi = 0`` (first-order DARTS) the architecture gradient ignores how ``w`` would respond.
+
+- :class:`MixedOp`: one edge, ``[batch, C, H, W] -> [batch, C, H, W]``.
+- :class:`Cell`: ``nodes`` intermediate nodes; node ``j`` sums a mixed operation from the cell
+  input and from every earlier node; the cell outputs the mean of its nodes.
+- :class:`SearchNetwork`: stem, cells (pooling between them), linear head; ``forward(x, alphas)``
+  takes the architecture weights as an argument, so ``torch.func.functional_call`` can swap
+  ``w`` while ``alphas`` stays an ordinary tensor.
+- :func:`architecture_gradient`: ``d L_val(w', alpha) / d alpha``, exact (second-order terms by
+  autograd, where the paper uses a finite-difference approximation).
+- :func:`derive_architecture`: the strongest non-zero operation of every edge.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mlhelpers.validation import check_positive_int
+
+
+class Zero(nn.Module):
+    """The 'no edge' operation: zeros of the input's shape."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * 0.0
+
+
+def _conv(channels: int, kernel: int, dilation: int = 1) -> nn.Module:
+    padding = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, kernel, padding=padding, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
+
+
+OPERATIONS: dict[str, Callable[[int], nn.Module]] = {
+    "zero": lambda c: Zero(),
+    "skip": lambda c: nn.Identity(),
+    "conv3x3": lambda c: _conv(c, 3),
+    "conv5x5": lambda c: _conv(c, 5),
+    "dil_conv3x3": lambda c: _conv(c, 3, dilation=2),
+    "max_pool3x3": lambda c: nn.MaxPool2d(3, stride=1, padding=1),
+    "avg_pool3x3": lambda c: nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
+}
+"""Candidate operations by name: each maps ``[batch, C, H, W]`` to the same shape."""
+
+DEFAULT_OPERATIONS = ("zero", "skip", "conv3x3", "conv5x5", "dil_conv3x3", "max_pool3x3", "avg_pool3x3")
+
+
+def _check_operations(operations: Sequence[str]) -> tuple[str, ...]:
+    unknown = [op for op in operations if op not in OPERATIONS]
+    if not operations or unknown:
+        raise ValueError(f"operations must be a non-empty list of {sorted(OPERATIONS)}, got {list(operations)!r}")
+    return tuple(operations)
+
+
+class MixedOp(nn.Module):
+    """``sum_k weights[k] * op_k(x)`` over the candidate operations; ``weights`` ``[n_ops]``."""
+
+    def __init__(self, channels: int, operations: Sequence[str] = DEFAULT_OPERATIONS) -> None:
+        super().__init__()
+        self.operations = _check_operations(operations)
+        self.ops = nn.ModuleList(OPERATIONS[name](check_positive_int("channels", channels)) for name in self.operations)
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        if weights.shape != (len(self.ops),):
+            raise ValueError(f"weights must have shape ({len(self.ops)},), got {tuple(weights.shape)}")
+        return sum(w * op(x) for w, op in zip(weights, self.ops))
+
+
+class Cell(nn.Module):
+    """A DARTS cell with ``nodes`` intermediate nodes; ``edges = nodes * (nodes + 1) / 2`` mixed ops.
+
+    Node ``j`` (0-based) receives an edge from the cell input and from nodes ``0..j-1``; edges are
+    numbered node by node. ``forward(x, weights)`` takes ``weights`` ``[edges, n_ops]`` (rows sum
+    to 1) and returns the mean of the nodes, ``[batch, C, H, W]``.
+    """
+
+    def __init__(self, channels: int, nodes: int = 3, operations: Sequence[str] = DEFAULT_OPERATIONS) -> None:
+        super().__init__()
+        self.nodes = check_positive_int("nodes", nodes)
+        self.edges = nn.ModuleList(MixedOp(channels, operations) for j in range(nodes) for _ in range(j + 1))
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.edges)
+
+    def edge_inputs(self) -> list[tuple[int, int]]:
+        """``(node, source)`` of every edge; source 0 is the cell input, ``i + 1`` is node ``i``."""
+        return [(j, i) for j in range(self.nodes) for i in range(j + 1)]
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        if weights.shape[0] != self.num_edges:
+            raise ValueError(f"weights must have {self.num_edges} rows (one per edge), got {tuple(weights.shape)}")
+        states, edge = [x], 0
+        for j in range(self.nodes):
+            node = 0
+            for i in range(j + 1):
+                node = node + self.edges[edge](states[i], weights[edge])
+                edge += 1
+            states.append(node)
+        return torch.stack(states[1:]).mean(dim=0)
+
+
+class SearchNetwork(nn.Module):
+    """Stem conv, ``cells`` cells sharing one architecture (2x2 max-pool after each), linear head.
+
+    ``[batch, in_channels, H, W] -> [batch, classes]``. The architecture is not a parameter of
+    the module: :meth:`forward` takes ``alphas`` ``[edges, n_ops]`` (logits; softmax per edge),
+    and :meth:`init_alphas` makes a starting value.
+    """
+
+    def __init__(self, in_channels: int, classes: int, channels: int = 8, cells: int = 2, nodes: int = 3,
+                 operations: Sequence[str] = DEFAULT_OPERATIONS) -> None:
+        super().__init__()
+        self.operations = _check_operations(operations)
+        self.stem = nn.Sequential(nn.Conv2d(check_positive_int("in_channels", in_channels), channels, 3, padding=1,
+                                            bias=False), nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
+        self.cells = nn.ModuleList(Cell(channels, nodes, operations) for _ in range(check_positive_int("cells", cells)))
+        self.head = nn.Linear(channels, check_positive_int("classes", classes))
+
+    @property
+    def alpha_shape(self) -> tuple[int, int]:
+        return (self.cells[0].num_edges, len(self.operations))
+
+    def init_alphas(self, scale: float = 1e-3, generator: torch.Generator | None = None) -> Tensor:
+        """Small random architecture logits ``[edges, n_ops]`` that require grad."""
+        alphas = scale * torch.randn(self.alpha_shape, generator=generator)
+        return alphas.to(self.head.weight).requires_grad_()
+
+    def forward(self, x: Tensor, alphas: Tensor) -> Tensor:
+        if alphas.shape != self.alpha_shape:
+            raise ValueError(f"alphas must have shape {self.alpha_shape} (edges, operations), got {tuple(alphas.shape)}")
+        weights = F.softmax(alphas, dim=-1)
+        h = self.stem(x)
+        for cell in self.cells:
+            h = F.max_pool2d(cell(h, weights), 2)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def architecture_gradient(
+    network: nn.Module,
+    alphas: Tensor,
+    train_batch: tuple[Tensor, Tensor],
+    val_batch: tuple[Tensor, Tensor],
+    xi: float,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> tuple[Tensor, Tensor]:
+    """``(L_val, d L_val(w', alphas) / d alphas)`` with ``w' = w - xi * grad_w L_train(w, alphas)``.
+
+    ``xi = 0`` is first-order DARTS (``w' = w``). For ``xi > 0`` the gradient includes the
+    second-order term ``-xi * d^2 L_train / (d alpha d w) . grad_w' L_val`` exactly (autograd keeps
+    the graph of the inner gradient), as MAML's meta-gradient does. ``network`` is called as
+    ``network(x, alphas)``; its own weights are not changed and get no gradient.
+    """
+    if not isinstance(xi, (int, float)) or isinstance(xi, bool) or xi < 0:
+        raise ValueError(f"xi must be a number >= 0, got {xi!r}")
+    if not alphas.requires_grad:
+        raise ValueError("alphas must require grad (use network.init_alphas() or alphas.requires_grad_())")
+    weights = {n: p for n, p in network.named_parameters()}
+    if xi > 0:
+        train_loss = loss_fn(functional_call(network, weights, (train_batch[0], alphas)), train_batch[1])
+        grads = torch.autograd.grad(train_loss, list(weights.values()), create_graph=True)
+        weights = {n: p - xi * g for (n, p), g in zip(weights.items(), grads)}
+    val_loss = loss_fn(functional_call(network, weights, (val_batch[0], alphas)), val_batch[1])
+    (grad,) = torch.autograd.grad(val_loss, alphas)
+    return val_loss.detach(), grad
+
+
+def derive_architecture(alphas: Tensor, operations: Sequence[str] = DEFAULT_OPERATIONS) -> list[str]:
+    """The operation of each edge with the largest weight, ignoring ``"zero"`` as DARTS does."""
+    operations = _check_operations(operations)
+    if alphas.dim() != 2 or alphas.shape[1] != len(operations):
+        raise ValueError(f"alphas must be [edges, {len(operations)}], got {tuple(alphas.shape)}")
+    masked = alphas.detach().clone()
+    if "zero" in operations and len(operations) > 1:
+        masked[:, operations.index("zero")] = -float("inf")
+    return [operations[i] for i in masked.argmax(dim=1).tolist()]

@@ -1,0 +1,158 @@
+"""Hyperparameter optimisation of meta-learners with Optuna. Chapter 6.
+
+Tuning a learner's hyperparameters is itself learning from many tasks: a trial trains a learner
+with one setting on the meta-training alphabets and is scored on meta-validation tasks. This
+module turns a learner *configuration* into an Optuna objective that reports validation accuracy
+as training goes, so that a pruner (Hyperband, median) can stop hopeless trials early::
+
+    def build(trial):
+        model = conv4(out_features=5, norm="task")
+        learner = MAML(model, inner_lr=trial.suggest_float("inner_lr", 0.01, 1.0, log=True))
+        return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), meta_batch_size=4)
+
+    objective = learner_objective(build, train_sampler, val_sampler, steps=600, report_every=100)
+    study = open_study("maml", "studies/maml.log", sampler=optuna.samplers.TPESampler(seed=0),
+                       pruner=optuna.pruners.HyperbandPruner(min_resource=100, max_resource=600))
+    study.optimize(objective, n_trials=30)
+
+Every trial sees the same training tasks and is validated on the same episodes (the samplers are
+rewound to their state at :func:`learner_objective` time), so trials differ by their settings,
+not by their luck. :func:`open_study` keeps the study in a journal file that several processes
+can share and that a later run resumes from; :func:`warm_start` enqueues the best settings of
+earlier studies (meta-learning across studies).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import optuna
+import torch
+from torch import nn
+
+from mlhelpers.evaluation import evaluate
+from mlhelpers.seeding import seed_everything
+from mlhelpers.training import meta_train
+from mlhelpers.validation import check_positive_int
+
+
+@dataclass
+class TrialSetup:
+    """What a trial trains: a learner, its outer optimiser and the meta-batch size."""
+
+    learner: nn.Module
+    optimizer: torch.optim.Optimizer
+    meta_batch_size: int = 4
+
+
+def _rewinder(sampler) -> Callable[[], None]:
+    """A function that puts ``sampler`` back in its current random state."""
+    if not callable(getattr(sampler, "state_dict", None)):
+        raise TypeError(f"samplers must be TaskSamplers with state_dict(), got {type(sampler).__name__}")
+    state = copy.deepcopy(sampler.state_dict())
+    return lambda: sampler.load_state_dict(copy.deepcopy(state))
+
+
+def learner_objective(
+    build: Callable[[optuna.Trial], TrialSetup],
+    train_sampler,
+    val_sampler,
+    *,
+    steps: int,
+    report_every: int,
+    val_episodes: int = 100,
+    seed: int = 0,
+) -> Callable[[optuna.Trial], float]:
+    """An Optuna objective: build a learner from the trial, meta-train it, return validation accuracy.
+
+    Args:
+        build: ``trial -> TrialSetup``; it calls ``trial.suggest_*`` for the hyperparameters.
+        train_sampler, val_sampler: task samplers of the meta-training and meta-validation splits.
+        steps: meta-training steps of a trial that is not pruned (the pruner's max resource).
+        report_every: validate and ``trial.report(value, step)`` every this many steps; after each
+            report a trial the pruner rejects raises ``optuna.TrialPruned``.
+        val_episodes: validation episodes per report (the same episodes for every report and trial).
+        seed: the model initialisation of every trial is seeded with ``seed`` (fair comparison).
+
+    A trial whose loss becomes NaN or infinite (a learning rate too large) is pruned, with the step
+    recorded in its user attribute ``"diverged_at"``.
+    """
+    if not callable(build):
+        raise TypeError(f"build must be a callable trial -> TrialSetup, got {type(build).__name__}")
+    check_positive_int("steps", steps)
+    check_positive_int("report_every", report_every)
+    check_positive_int("val_episodes", val_episodes)
+    rewind_train, rewind_val = _rewinder(train_sampler), _rewinder(val_sampler)
+
+    def objective(trial: optuna.Trial) -> float:
+        seed_everything(seed)
+        setup = build(trial)
+        if not isinstance(setup, TrialSetup):
+            raise TypeError(f"build(trial) must return a TrialSetup, got {type(setup).__name__}")
+        rewind_train()
+        done, value = 0, float("nan")
+        while done < steps:
+            chunk = min(report_every, steps - done)
+            try:
+                meta_train(setup.learner, train_sampler, steps=chunk, meta_batch_size=setup.meta_batch_size,
+                           optimizer=setup.optimizer, progress=False)
+            except RuntimeError as error:
+                if "non-finite" not in str(error):
+                    raise
+                trial.set_user_attr("diverged_at", done)
+                raise optuna.TrialPruned(f"diverged within steps {done + 1}..{done + chunk}") from error
+            done += chunk
+            rewind_val()
+            value = evaluate(setup.learner, val_sampler, val_episodes).mean
+            trial.report(value, done)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {done} with validation {value:.3f}")
+        return value
+
+    return objective
+
+
+def open_study(
+    name: str,
+    path: str | os.PathLike,
+    *,
+    direction: str = "maximize",
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study ``name`` in the journal file ``path``, or load it if it exists.
+
+    A journal file (an append-only log with file locks) can be shared by several worker processes
+    on one machine or a network file system; every process calling ``open_study`` with the same
+    name and path works on the same study, and a later run resumes it. For a cluster, pass the
+    storage URL of a database server to ``optuna.create_study`` instead, e.g.
+    ``storage="postgresql://user:password@host/db"``.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                               pruner=pruner, load_if_exists=True)
+
+
+def warm_start(study: optuna.Study, sources: Iterable[optuna.Study], top_k: int = 3) -> int:
+    """Enqueue the ``top_k`` best complete trials' settings of each source study into ``study``.
+
+    Returns how many settings were enqueued (duplicates once). The new study evaluates them first,
+    then its sampler takes over: knowledge from related tasks is a starting point, not an answer.
+    Parameters the new study does not suggest are ignored by Optuna.
+    """
+    check_positive_int("top_k", top_k)
+    seen, count = [], 0
+    for source in sources:
+        complete = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        reverse = source.direction == optuna.study.StudyDirection.MAXIMIZE
+        for trial in sorted(complete, key=lambda t: t.value, reverse=reverse)[:top_k]:
+            if trial.params not in seen:
+                seen.append(trial.params)
+                study.enqueue_trial(trial.params)
+                count += 1
+    return count

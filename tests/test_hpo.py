@@ -1,0 +1,119 @@
+"""The Optuna objective builder: intermediate reports reach the pruner, studies resume, trials are fair."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+import torch
+
+from conftest import synthetic_dataset
+from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.hpo import TrialSetup, learner_objective, open_study, warm_start
+from mlhelpers.learners import ProtoNet
+from mlhelpers.models import conv4
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(trial: optuna.Trial) -> TrialSetup:
+    width = trial.suggest_categorical("width", [4, 8])
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    learner = ProtoNet(conv4(hidden_channels=width, num_blocks=2, norm="none", image_size=8))
+    return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=lr), meta_batch_size=2)
+
+
+def objective(steps: int = 4, report_every: int = 2, val_episodes: int = 6):
+    data = synthetic_dataset()
+    return learner_objective(build, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
+                             EpisodicSampler(data, 3, 1, 2, "test", seed=1),
+                             steps=steps, report_every=report_every, val_episodes=val_episodes)
+
+
+def test_every_report_reaches_the_study_and_the_pruner_can_stop_a_trial():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective(steps=6, report_every=2), n_trials=2)
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert sorted(trial.intermediate_values) == [2, 4, 6]
+        assert trial.value == trial.intermediate_values[6]
+    # Accuracy is at most 1, so a threshold of 1.5 prunes every trial at its first report.
+    pruned = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.5))
+    pruned.optimize(objective(steps=6, report_every=2), n_trials=1)
+    assert pruned.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert list(pruned.trials[0].intermediate_values) == [2]
+
+
+def test_the_same_setting_gets_the_same_score_whatever_ran_before():
+    study = optuna.create_study(direction="maximize")
+    for params in ({"width": 4, "lr": 0.01}, {"width": 8, "lr": 0.05}, {"width": 4, "lr": 0.01}):
+        study.enqueue_trial(params)
+    study.optimize(objective(val_episodes=40), n_trials=3)
+    first, other, again = (t.value for t in study.trials)
+    assert first == again
+    assert first != other
+
+
+def test_a_study_resumes_from_its_journal_file(tmp_path):
+    path = tmp_path / "studies" / "demo.log"
+    study = open_study("demo", path, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective(), n_trials=2)
+    values = [t.value for t in study.trials]
+    resumed = open_study("demo", path, sampler=optuna.samplers.RandomSampler(seed=1))
+    assert [t.value for t in resumed.trials] == values
+    resumed.optimize(objective(), n_trials=1)
+    assert len(open_study("demo", path).trials) == 3
+
+
+def test_a_diverging_trial_is_pruned_and_says_where():
+    def exploding(trial):
+        setup = build(trial)
+        with torch.no_grad():
+            next(setup.learner.parameters()).fill_(math.nan)
+        return setup
+
+    data = synthetic_dataset()
+    study = optuna.create_study(direction="maximize")
+    study.optimize(learner_objective(exploding, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
+                                     EpisodicSampler(data, 3, 1, 2, "test", seed=1), steps=4, report_every=2,
+                                     val_episodes=2), n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert study.trials[0].user_attrs["diverged_at"] == 0
+
+
+def test_warm_start_enqueues_the_best_settings_of_earlier_studies():
+    source = optuna.create_study(direction="maximize")
+    for value, width in ((0.3, 4), (0.9, 8), (0.6, 4)):
+        source.add_trial(optuna.trial.create_trial(
+            params={"width": width, "lr": value / 10}, value=value,
+            distributions={"width": optuna.distributions.CategoricalDistribution([4, 8]),
+                           "lr": optuna.distributions.FloatDistribution(1e-3, 1e-1, log=True)}))
+    target = optuna.create_study(direction="maximize")
+    assert warm_start(target, [source, source], top_k=2) == 2  # the same study twice: no duplicates
+    target.optimize(lambda t: t.suggest_categorical("width", [4, 8]) + t.suggest_float("lr", 1e-3, 1e-1, log=True),
+                    n_trials=2)
+    assert [t.params for t in target.trials] == [{"width": 8, "lr": 0.09}, {"width": 4, "lr": 0.06}]
+
+
+def test_bad_arguments_name_themselves():
+    data = synthetic_dataset()
+    sampler = EpisodicSampler(data, 3, 1, 2, "train", seed=0)
+    with pytest.raises(ValueError, match="report_every must be"):
+        learner_objective(build, sampler, sampler, steps=4, report_every=0)
+    with pytest.raises(TypeError, match="build must be a callable"):
+        learner_objective("conv4", sampler, sampler, steps=4, report_every=2)
+    with pytest.raises(TypeError, match="samplers must be TaskSamplers"):
+        learner_objective(build, [1, 2], sampler, steps=4, report_every=2)
+    with pytest.raises(TypeError, match="build\\(trial\\) must return a TrialSetup, got ProtoNet"):
+        study = optuna.create_study()
+        study.optimize(learner_objective(lambda t: build(t).learner, sampler, sampler, steps=2, report_every=1),
+                       n_trials=1)
