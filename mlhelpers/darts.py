@@ -19,6 +19,8 @@ With ``xi = 0`` (first-order DARTS) the architecture gradient ignores how ``w`` 
 - :func:`architecture_gradient`: ``d L_val(w', alpha) / d alpha``, exact (second-order terms by
   autograd, where the paper uses a finite-difference approximation).
 - :func:`derive_architecture`: the strongest non-zero operation of every edge.
+- :class:`FixedNetwork`: the same layout with one operation per edge, to retrain a derived (or
+  :func:`random_architecture`) architecture from scratch.
 """
 
 from __future__ import annotations
@@ -189,3 +191,60 @@ def derive_architecture(alphas: Tensor, operations: Sequence[str] = DEFAULT_OPER
     if "zero" in operations and len(operations) > 1:
         masked[:, operations.index("zero")] = -float("inf")
     return [operations[i] for i in masked.argmax(dim=1).tolist()]
+
+
+class FixedCell(nn.Module):
+    """A cell with one operation per edge (the wiring of :class:`Cell`), ``[b, C, H, W]`` -> same."""
+
+    def __init__(self, channels: int, architecture: Sequence[str], nodes: int = 3) -> None:
+        super().__init__()
+        self.nodes = check_positive_int("nodes", nodes)
+        expected = nodes * (nodes + 1) // 2
+        architecture = _check_operations(architecture)
+        if len(architecture) != expected:
+            raise ValueError(f"a cell with {nodes} nodes has {expected} edges, got {len(architecture)} operations")
+        self.architecture = architecture
+        self.edges = nn.ModuleList(OPERATIONS[name](check_positive_int("channels", channels)) for name in architecture)
+
+    def forward(self, x: Tensor) -> Tensor:
+        states, edge = [x], 0
+        for j in range(self.nodes):
+            node = 0
+            for i in range(j + 1):
+                node = node + self.edges[edge](states[i])
+                edge += 1
+            states.append(node)
+        return torch.stack(states[1:]).mean(dim=0)
+
+
+class FixedNetwork(nn.Module):
+    """The :class:`SearchNetwork` layout with a discrete architecture: what DARTS retrains.
+
+    ``architecture`` names one operation per edge (e.g. the output of :func:`derive_architecture`
+    or :func:`random_architecture`), shared by all cells. ``[batch, in_channels, H, W] -> [batch, classes]``.
+    """
+
+    def __init__(self, in_channels: int, classes: int, architecture: Sequence[str], channels: int = 8,
+                 cells: int = 2, nodes: int = 3) -> None:
+        super().__init__()
+        self.architecture = _check_operations(architecture)
+        self.stem = nn.Sequential(nn.Conv2d(check_positive_int("in_channels", in_channels), channels, 3, padding=1,
+                                            bias=False), nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
+        self.cells = nn.ModuleList(FixedCell(channels, architecture, nodes)
+                                   for _ in range(check_positive_int("cells", cells)))
+        self.head = nn.Linear(channels, check_positive_int("classes", classes))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        for cell in self.cells:
+            h = F.max_pool2d(cell(h), 2)
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def random_architecture(edges: int, operations: Sequence[str] = DEFAULT_OPERATIONS,
+                        generator: torch.Generator | None = None) -> list[str]:
+    """One operation per edge, uniformly from ``operations`` without ``"zero"`` (as derived ones)."""
+    check_positive_int("edges", edges)
+    choices = [op for op in _check_operations(operations) if op != "zero"] or ["zero"]
+    picks = torch.randint(len(choices), (edges,), generator=generator).tolist()
+    return [choices[i] for i in picks]

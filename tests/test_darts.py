@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from mlhelpers.darts import OPERATIONS, Cell, MixedOp, SearchNetwork, architecture_gradient, derive_architecture
+from mlhelpers.darts import (
+    OPERATIONS,
+    Cell,
+    FixedNetwork,
+    MixedOp,
+    SearchNetwork,
+    architecture_gradient,
+    derive_architecture,
+    random_architecture,
+)
 
 OPS = ("zero", "skip", "conv3x3", "avg_pool3x3")
 
@@ -103,3 +112,35 @@ def test_bad_inputs_name_themselves():
         MixedOp(2, ["skip", "conv7x7"])
     with pytest.raises(ValueError, match=r"alphas must be \[edges, 4\], got \(3,\)"):
         derive_architecture(torch.zeros(3), OPS)
+
+
+def test_fixed_network_equals_search_network_with_one_hot_alphas():
+    torch.manual_seed(0)
+    search = SearchNetwork(1, 3, channels=2, cells=2, nodes=2, operations=OPS).double()
+    architecture = ["conv3x3", "skip", "avg_pool3x3"]
+    fixed = FixedNetwork(1, 3, architecture, channels=2, cells=2, nodes=2).double()
+    fixed.stem.load_state_dict(search.stem.state_dict())
+    fixed.head.load_state_dict(search.head.state_dict())
+    for fixed_cell, search_cell in zip(fixed.cells, search.cells):
+        for e, name in enumerate(architecture):
+            fixed_cell.edges[e].load_state_dict(search_cell.edges[e].ops[OPS.index(name)].state_dict())
+    alphas = torch.full(search.alpha_shape, -1e4, dtype=torch.float64)
+    alphas[torch.arange(3), torch.tensor([OPS.index(n) for n in architecture])] = 0.0
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    assert fixed.architecture == tuple(architecture)
+    torch.testing.assert_close(fixed(x), search(x, alphas))
+    assert derive_architecture(alphas, OPS) == architecture
+
+
+def test_fixed_network_checks_the_architecture():
+    with pytest.raises(ValueError, match="3 edges"):
+        FixedNetwork(1, 3, ["skip", "skip"], nodes=2)
+    with pytest.raises(ValueError, match="operations must be"):
+        FixedNetwork(1, 3, ["skip", "skip", "teleport"], nodes=2)
+
+
+def test_random_architecture_draws_non_zero_operations_reproducibly():
+    draw = lambda seed: random_architecture(6, OPS, torch.Generator().manual_seed(seed))  # noqa: E731
+    assert draw(3) == draw(3) and len(draw(3)) == 6
+    seen = {op for seed in range(20) for op in draw(seed)}
+    assert seen == set(OPS) - {"zero"}
