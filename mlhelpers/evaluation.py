@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers.learners.base import task_metric
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_positive_int
 
 
 def mean_confidence_interval(values: Tensor | Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -114,7 +114,7 @@ def evaluate(
                     batch = batch.to(device)
                 outputs = learner(batch).detach()
                 values.append(task_metric(outputs, batch.query_y).detach().to("cpu", torch.float64))
-                metric = "accuracy" if batch.query_y.dtype in (torch.int64, torch.int32) else "mse"
+                metric = "accuracy" if batch.query_y.dtype in INTEGER_LABEL_DTYPES else "mse"
                 done += size
                 bar.update(size)
     finally:

@@ -22,6 +22,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from mlhelpers.validation import check_same_device, describe
+
 
 @dataclass
 class Task:
@@ -40,6 +42,8 @@ class Task:
             "query_x": self.query_x,
             "query_y": self.query_y,
         }
+        if not isinstance(self.info, dict):
+            raise TypeError(f"Task.info must be a dict of tensors, got {type(self.info).__name__}")
         for name, value in parts.items():
             if not isinstance(value, Tensor):
                 raise TypeError(f"Task.{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -47,6 +51,9 @@ class Task:
                 raise ValueError(
                     f"Task.{name} must have shape [tasks, examples, ...], got {tuple(value.shape)}"
                 )
+        for key, value in self.info.items():
+            if not isinstance(value, Tensor) or value.dim() < 1:
+                raise TypeError(f"Task.info[{key!r}] must be a tensor with a leading [tasks] dimension, got {describe(value)}")
         n = self.support_x.shape[0]
         for name, value in list(parts.items()) + [(f"info[{k!r}]", v) for k, v in self.info.items()]:
             if value.shape[0] != n:
@@ -65,10 +72,17 @@ class Task:
                 f"{self.query_y.shape[1]}"
             )
         if self.support_x.shape[1] < 1:
-            raise ValueError("a task needs at least one support example, got an empty support set")
-        devices = {v.device for v in parts.values()}
-        if len(devices) > 1:
-            raise ValueError(f"Task tensors live on different devices: {sorted(map(str, devices))}")
+            raise ValueError(
+                f"Task.support_x must hold at least one example per task, got an empty support set "
+                f"of shape {tuple(self.support_x.shape)}"
+            )
+        for a, b in (("support_x", "query_x"), ("support_y", "query_y")):
+            if parts[a].shape[2:] != parts[b].shape[2:]:
+                raise ValueError(
+                    f"Task.{b} must have the per-example shape of {a}, {tuple(parts[a].shape[2:])}, "
+                    f"got {tuple(parts[b].shape[2:])}"
+                )
+        check_same_device(**parts, **{f"info[{k!r}]": v for k, v in self.info.items()})
 
     def __len__(self) -> int:
         """Number of tasks in the batch."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+from torch import Tensor
+
 
 def check_positive_int(name: str, value: Any) -> int:
     """Return ``value`` if it is an int >= 1, else raise a TypeError/ValueError naming ``name``."""
@@ -31,3 +34,151 @@ def check_lr(name: str, value: Any) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+INTEGER_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+"""Dtypes accepted as class labels (what :func:`~mlhelpers.learners.base.task_loss` reads as classification)."""
+
+
+def describe(value: Any) -> str:
+    """A short description for error messages: ``"a tensor of shape (2, 3) and dtype torch.float32"``."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str, bool)) else f"a {type(value).__name__}"
+
+
+def transformed() -> bool:
+    """True inside a ``torch.func`` transform (vmap, grad), where data-dependent checks cannot run."""
+    return torch._C._functorch.maybe_current_level() is not None
+
+
+def check_tensor(name: str, value: Any, *, min_dim: int | None = None, dim: int | None = None) -> Tensor:
+    """Return ``value`` if it is a tensor with ``dim`` (or at least ``min_dim``) dimensions.
+
+    A TypeError names ``name`` if ``value`` is not a tensor, a ValueError if its rank is wrong.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {describe(value)}")
+    if dim is not None and value.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(value.shape)}")
+    if min_dim is not None and value.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_floating(name: str, value: Tensor) -> Tensor:
+    """Return ``value`` if its dtype is floating point, else a TypeError naming ``name`` and the dtype."""
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def check_finite(name: str, value: Tensor) -> Tensor:
+    """Return ``value`` if it holds no NaN or infinity, else a ValueError naming ``name``.
+
+    The message gives how many entries are not finite and the first one's index and value.
+    Integer tensors are always finite.
+    """
+    if not (value.is_floating_point() or value.is_complex()) or transformed():
+        return value
+    bad = ~torch.isfinite(value.detach())
+    if bool(bad.any()):
+        first = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(
+            f"{name} must hold finite numbers, got {int(bad.sum())} non-finite value(s) "
+            f"(first: {float(value.detach()[first])} at index {first})"
+        )
+    return value
+
+
+def check_labels(name: str, labels: Tensor, num_classes: int | None = None) -> Tensor:
+    """Return integer class ``labels`` if they lie in ``0 .. num_classes - 1`` (``>= 0`` if None).
+
+    A TypeError names ``name`` for a non-integer dtype, a ValueError for a label outside the
+    range, with the labels given and the range expected.
+    """
+    check_tensor(name, labels)
+    if labels.dtype not in INTEGER_LABEL_DTYPES:
+        raise TypeError(f"{name} must hold integer class labels (int64), got dtype {labels.dtype}")
+    if labels.numel() == 0 or transformed():
+        return labels
+    low, high = int(labels.min()), int(labels.max())
+    if num_classes is not None and (low < 0 or high >= num_classes):
+        raise ValueError(
+            f"{name} labels must lie in 0..{num_classes - 1} (n_way={num_classes}), got labels {low}..{high}"
+        )
+    if low < 0:
+        raise ValueError(
+            f"{name} labels must lie in 0..{max(high, 0)} (n_way = largest label + 1), got labels {low}..{high}"
+        )
+    return labels
+
+
+def check_same_device(**tensors: Tensor) -> torch.device:
+    """The common device of the keyword tensors; a ValueError names each argument and its device."""
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"tensors must all be on one device, got {listed}")
+    return next(iter(devices.values()))
+
+
+def check_support(support_x: Any, support_y: Any) -> None:
+    """Check one batch of support sets: ``support_x`` ``[tasks, n_support, ...]`` float, finite;
+    ``support_y`` ``[tasks, n_support, ...]`` float (regression, finite) or int64 labels >= 0;
+    at least one example; both on one device. Errors name the argument."""
+    check_tensor("support_x", support_x, min_dim=2)
+    check_tensor("support_y", support_y, min_dim=2)
+    if support_x.shape[:2] != support_y.shape[:2]:
+        raise ValueError(
+            f"support_x and support_y must share their first two dimensions [tasks, n_support], "
+            f"got support_x {tuple(support_x.shape)} and support_y {tuple(support_y.shape)}"
+        )
+    if support_x.shape[1] < 1:
+        raise ValueError(f"support_x must hold at least one example per task, got an empty support set of shape {tuple(support_x.shape)}")
+    check_same_device(support_x=support_x, support_y=support_y)
+    check_floating("support_x", support_x)
+    check_finite("support_x", support_x)
+    check_targets("support_y", support_y)
+
+
+def check_targets(name: str, targets: Tensor) -> Tensor:
+    """Regression targets (floating point, finite) or class labels (int64 / int32, >= 0)."""
+    if targets.is_floating_point():
+        return check_finite(name, targets)
+    return check_labels(name, targets)
+
+
+def check_query(query_x: Any) -> None:
+    """``query_x`` ``[tasks, n_query, ...]``, floating point and finite."""
+    check_tensor("query_x", query_x, min_dim=2)
+    check_floating("query_x", query_x)
+    check_finite("query_x", query_x)
+
+
+def check_task(task: Any, device: torch.device | None = None) -> None:
+    """Check a batch of tasks before a learner uses it (see :func:`check_support`).
+
+    Also: ``task`` is a :class:`~mlhelpers.tasks.Task`; query inputs are float and finite; query
+    targets have the support targets' kind (labels or float); and, with ``device``, the task lives
+    on it (the learner's device).
+    """
+    from mlhelpers.tasks import Task  # tasks imports this module
+
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    if device is not None and task.device != device:
+        raise ValueError(
+            f"task is on {task.device} but the learner's parameters are on {device}; "
+            f"move one of them (task.to({str(device)!r}))"
+        )
+    check_support(task.support_x, task.support_y)
+    check_query(task.query_x)
+    if task.query_y.is_floating_point() != task.support_y.is_floating_point():
+        raise TypeError(
+            f"query_y must have the kind of support_y (both class labels or both float targets), "
+            f"got query_y dtype {task.query_y.dtype} and support_y dtype {task.support_y.dtype}"
+        )
+    check_targets("query_y", task.query_y)
