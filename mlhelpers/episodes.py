@@ -19,7 +19,7 @@ from torch import Tensor
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.seeding import make_generator
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_positive_int, describe
 
 
 class TaskSampler(ABC):
@@ -27,6 +27,8 @@ class TaskSampler(ABC):
 
     def __init__(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
         self.generator = make_generator(seed)
+        if not isinstance(device, (str, torch.device)):
+            raise TypeError(f"device must be a str or torch.device, got {describe(device)}")
         self.device = torch.device(device)
 
     @abstractmethod
@@ -51,7 +53,11 @@ class TaskSampler(ABC):
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+        """Restore a :meth:`state_dict`; a ValueError says what a malformed one lacks."""
+        generator = state.get("generator") if isinstance(state, dict) else None
+        if not isinstance(generator, Tensor) or generator.dtype != torch.uint8:
+            raise ValueError(f"state must be a sampler state_dict {{'generator': uint8 tensor}}, got {describe(state)}")
+        self.generator.set_state(generator)
 
 
 class EpisodicSampler(TaskSampler):
@@ -93,6 +99,10 @@ class EpisodicSampler(TaskSampler):
         device: torch.device | str = "cpu",
     ) -> None:
         super().__init__(seed, device)
+        if not isinstance(dataset, LabelledDataset):
+            raise TypeError(f"dataset must be a LabelledDataset, got {describe(dataset)}")
+        if split is not None and not isinstance(split, str):
+            raise TypeError(f"split must be a str or None, got {describe(split)}")
         self.dataset = dataset
         self.n_way = check_positive_int("n_way", n_way)
         self.k_shot = check_positive_int("k_shot", k_shot)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers.learners.base import task_metric
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_positive_int
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_positive_int
 
 
 def mean_confidence_interval(values: Tensor | Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -37,6 +37,7 @@ def mean_confidence_interval(values: Tensor | Sequence[float], confidence: float
     x = torch.as_tensor(values, dtype=torch.float64).detach().cpu().flatten()
     if x.numel() == 0:
         raise ValueError("values must hold at least one number, got an empty sequence")
+    check_finite("values", x)
     mean = float(x.mean())
     n = x.numel()
     if n < 2:
@@ -113,7 +114,14 @@ def evaluate(
                 if device is not None and batch.device != device:
                     batch = batch.to(device)
                 outputs = learner(batch).detach()
-                values.append(task_metric(outputs, batch.query_y).detach().to("cpu", torch.float64))
+                value = task_metric(outputs, batch.query_y).detach().to("cpu", torch.float64)
+                if not bool(torch.isfinite(value).all()):
+                    episode = done + int(torch.nonzero(~torch.isfinite(value))[0])
+                    raise RuntimeError(
+                        f"evaluate: the learner's query metric is not finite ({float(value[episode - done])}) "
+                        f"on episode {episode}: its outputs hold NaN or infinity"
+                    )
+                values.append(value)
                 metric = "accuracy" if batch.query_y.dtype in INTEGER_LABEL_DTYPES else "mse"
                 done += size
                 bar.update(size)

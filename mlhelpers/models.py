@@ -88,6 +88,10 @@ def mlp(
 
     The default ``hidden=(40, 40)`` with ReLU is the sinusoid regressor of Finn et al. 2017.
     """
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise TypeError(f"activation must be an nn.Module class such as nn.ReLU, got {activation!r}")
+    if isinstance(hidden, (int, str)):
+        raise TypeError(f"hidden must be a sequence of layer widths such as (40, 40), got {hidden!r}")
     sizes = [check_positive_int("in_features", in_features)]
     sizes += [check_positive_int("hidden", h) for h in hidden]
     layers: list[nn.Module] = []

@@ -19,13 +19,15 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_positive_int, check_tensor, describe
 
 GRAY_CMAP = "gray_r"
 _PREDICTION_COLORS = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 
 
 def _check_index(task: Task, index: int) -> int:
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"index must be an int, got {type(index).__name__}")
     if not -len(task) <= index < len(task):
@@ -176,6 +178,8 @@ def plot_regression_tasks(
     ``learner(task)`` returns), or a dict ``{label: outputs}`` to compare models.
     """
     check_positive_int("n", n)
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
     if task.support_x.dim() != 3 or task.support_x.shape[-1] != 1 or task.support_y.shape[-1:] != (1,):
         raise ValueError(
             "plot_regression_tasks needs 1-D regression tasks with support_x and support_y "
@@ -187,6 +191,8 @@ def plot_regression_tasks(
         predictions = {}
     elif isinstance(predictions, Tensor):
         predictions = {"prediction": predictions}
+    for label, p in predictions.items():
+        check_tensor(f"predictions[{label!r}]", p)
     predictions = {label: p.detach().to("cpu") for label, p in predictions.items()}
     for label, p in predictions.items():
         if p.dim() != 3 or p.shape[1:] != shown.query_y.shape[1:] or p.shape[0] < n:

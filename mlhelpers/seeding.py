@@ -18,7 +18,9 @@ def seed_everything(seed: int) -> torch.Generator:
     non-deterministic unless ``torch.use_deterministic_algorithms(True)`` is also set.
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -27,6 +29,10 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU ``torch.Generator``: seeded when ``seed`` is given, else from fresh entropy."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be an int >= 0 or None, got {seed}")
     generator = torch.Generator()
     if seed is None:
         generator.seed()

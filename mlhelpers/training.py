@@ -137,11 +137,29 @@ def meta_train(
                 f"checkpoint {str(path)!r} was written by a run with seed={state['seed']}, "
                 f"but seed={seed} was given"
             )
+        missing = sorted(_CHECKPOINT_KEYS - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint {str(path)!r} lacks {missing}: it was not written by meta_train; "
+                "use another checkpoint_path"
+            )
         start = int(state["step"])
         if start > steps:
             raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
-        learner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            learner.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds the weights of another model than "
+                f"learner={type(learner).__name__}: {error}"
+            ) from None
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds the state of another optimizer than the "
+                f"{type(optimizer).__name__} given: {error}"
+            ) from None
         train_sampler.load_state_dict(state["samplers"]["train"])
         if val_sampler is not None and state["samplers"].get("val") is not None:
             val_sampler.load_state_dict(state["samplers"]["val"])
@@ -212,6 +230,10 @@ def meta_train(
     finally:
         learner.train(was_training)
     return history
+
+
+_CHECKPOINT_KEYS = frozenset({"model", "optimizer", "step", "history", "samplers", "rng", "config", "seed", "version"})
+"""What a checkpoint of :func:`meta_train` holds."""
 
 
 def _run_config(config: dict[str, Any] | None, **loop: Any) -> dict[str, Any]:

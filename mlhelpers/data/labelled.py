@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from mlhelpers.validation import check_finite, check_floating, check_same_device, describe
+
 
 @dataclass
 class LabelledDataset:
@@ -36,18 +38,29 @@ class LabelledDataset:
         if not isinstance(self.images, Tensor) or self.images.dim() != 4:
             shape = tuple(self.images.shape) if isinstance(self.images, Tensor) else type(self.images).__name__
             raise ValueError(f"images must be a [N, C, H, W] tensor, got {shape}")
+        check_floating("images", self.images)
+        check_finite("images", self.images)
         if not isinstance(self.labels, Tensor) or self.labels.dim() != 1:
-            raise ValueError("labels must be a 1-D int64 tensor [N]")
+            shape = tuple(self.labels.shape) if isinstance(self.labels, Tensor) else type(self.labels).__name__
+            raise ValueError(f"labels must be a 1-D int64 tensor [N], got {shape}")
         if self.labels.dtype != torch.int64:
             raise TypeError(f"labels must be int64, got {self.labels.dtype}")
         if len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if isinstance(self.class_names, str) or not all(isinstance(n, str) for n in self.class_names):
+            raise TypeError(f"class_names must be a list of str, got {describe(self.class_names)}")
+        check_same_device(images=self.images, labels=self.labels)
+        for name, classes in self.splits.items():
+            if not isinstance(classes, Tensor) or classes.dim() != 1 or classes.dtype != torch.int64:
+                raise TypeError(f"splits[{name!r}] must be a 1-D int64 tensor of class ids, got {describe(classes)}")
         n_classes = len(self.class_names)
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= n_classes):
             raise ValueError(
                 f"labels must lie in 0..{n_classes - 1} (one per class name), "
                 f"got {int(self.labels.min())}..{int(self.labels.max())}"
             )
+        if self.class_groups is not None and (not isinstance(self.class_groups, Tensor) or self.class_groups.dtype != torch.int64):
+            raise TypeError(f"class_groups must be an int64 tensor [num_classes] or None, got {describe(self.class_groups)}")
         if self.class_groups is not None and len(self.class_groups) != n_classes:
             raise ValueError(f"class_groups has {len(self.class_groups)} entries for {n_classes} classes")
         seen: dict[int, str] = {}
