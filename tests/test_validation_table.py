@@ -1,0 +1,356 @@
+"""Every row of docs/validation.md is a test: the bad input it lists raises the error it names.
+
+The table is parsed; each row's ID must have a trigger below and each trigger must have a row, so
+the table and the tests cannot drift apart. A row passes when its trigger raises exactly the
+error class of the "Error" column and the message contains every backticked fragment of the
+"Message names" column (the argument, the value given and what was expected). Rows whose
+"Function" column says "every learner" run their trigger on each learner of :data:`LEARNERS`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import make_dataset
+from mlhelpers.checkpoint import load_checkpoint, save_checkpoint
+from mlhelpers.config import QUICK_ENV_VAR, quick_mode
+from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.data.regression import LinearTasks, SinusoidTasks
+from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.evaluation import evaluate, mean_confidence_interval
+from mlhelpers.learners import (
+    ANIL,
+    MAML,
+    InContextLearner,
+    MatchingNet,
+    MetaLearner,
+    MetaSGD,
+    NearestCentroid,
+    ProtoNet,
+    RelationNet,
+    Reptile,
+    task_loss,
+    task_metric,
+)
+from mlhelpers.models import conv4, mlp
+from mlhelpers.plotting import plot_regression_tasks, show_episode
+from mlhelpers.seeding import seed_everything
+from mlhelpers.tasks import Task
+from mlhelpers.training import meta_train
+
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
+ERRORS = {e.__name__: e for e in (ValueError, TypeError, RuntimeError, FileNotFoundError)}
+
+
+def parse_table(text: str) -> list[dict[str, object]]:
+    """Rows ``| `id` | function | bad input | Error | `fragment` `fragment` |`` of the markdown table."""
+    rows = []
+    for line in text.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == 5, f"a row needs 5 cells: {line}"
+        ident, function, bad_input, error, names = cells
+        rows.append({
+            "id": ident.strip("`"),
+            "function": function,
+            "error": error,
+            "fragments": re.findall(r"`([^`]+)`", names),
+            "line": line,
+        })
+    return rows
+
+
+ROWS = parse_table(TABLE.read_text(encoding="utf-8"))
+
+
+# --- what the triggers use ------------------------------------------------------------------
+
+
+def image_task(tasks: int = 2, n_way: int = 3, k: int = 2, q: int = 2, x_shape=(1, 8, 8), seed: int = 0) -> Task:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_way)
+    return Task(
+        torch.rand(tasks, n_way * k, *x_shape, generator=g),
+        labels.repeat_interleave(k).expand(tasks, -1).clone(),
+        torch.rand(tasks, n_way * q, *x_shape, generator=g),
+        labels.repeat_interleave(q).expand(tasks, -1).clone(),
+    )
+
+
+def regression_task(tasks: int = 2, k: int = 4, q: int = 3) -> Task:
+    return SinusoidTasks(k, q, seed=0).sample(tasks)
+
+
+def _small_conv(out_features: int | None = None) -> nn.Module:
+    return conv4(hidden_channels=4, num_blocks=2, norm="none", out_features=out_features, image_size=8)
+
+
+def _relation() -> RelationNet:
+    return RelationNet(_small_conv()[:-1], input_shape=(1, 8, 8), hidden_channels=4)
+
+
+LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
+    "ProtoNet": (lambda: ProtoNet(_small_conv()), (1, 8, 8)),
+    "MatchingNet": (lambda: MatchingNet(_small_conv()), (1, 8, 8)),
+    "RelationNet": (_relation, (1, 8, 8)),
+    "NearestCentroid": (lambda: NearestCentroid(_small_conv()), (1, 8, 8)),
+    "MAML": (lambda: MAML(_small_conv(3), strategy="loop"), (1, 8, 8)),
+    "MetaSGD": (lambda: MetaSGD(_small_conv(3), strategy="loop"), (1, 8, 8)),
+    "ANIL": (lambda: ANIL(_small_conv(3), strategy="loop"), (1, 8, 8)),
+    "Reptile": (lambda: Reptile(_small_conv(3), strategy="loop"), (1, 8, 8)),
+    "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
+}
+"""Every learner of the package, with the input shape of one example it takes."""
+
+
+def per_learner(fn: Callable[[MetaLearner, tuple[int, ...]], object]) -> Callable[[], object]:
+    """A trigger run on every learner of :data:`LEARNERS` (the test checks each raises)."""
+    fn.per_learner = True  # type: ignore[attr-defined]
+    return fn
+
+
+def with_nan(t: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
+    t = t.clone()
+    t.view(-1)[1] = value
+    return t
+
+
+def replace(task: Task, **fields: torch.Tensor) -> Task:
+    parts = dict(support_x=task.support_x, support_y=task.support_y, query_x=task.query_x, query_y=task.query_y)
+    return Task(**{**parts, **fields})
+
+
+def replace_info(task: Task, info: dict) -> Task:
+    return Task(task.support_x, task.support_y, task.query_x, task.query_y, info)
+
+
+def meta_device(t: torch.Tensor) -> torch.Tensor:
+    """The same tensor on PyTorch's shape-only ``meta`` device: a second device on any machine."""
+    return t.to("meta")
+
+
+def train_sampler() -> EpisodicSampler:
+    return EpisodicSampler(make_dataset(), 3, 1, 1, split="train", seed=0)
+
+
+def train(tmp_path: Path | None = None, **kwargs):
+    arguments = dict(steps=2, meta_batch_size=2, progress=False)
+    arguments.update(kwargs)
+    learner = arguments.pop("learner", None) or ProtoNet(nn.Flatten())
+    if isinstance(learner, ProtoNet) and not list(learner.parameters()):
+        learner = ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)))
+    return meta_train(learner, arguments.pop("sampler", None) or train_sampler(), **arguments)
+
+
+class NaNLoss(MetaLearner):
+    """A learner whose meta-loss is NaN from the first step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)))
+
+    def adapt(self, support_x, support_y):
+        return self.inner.adapt(support_x, support_y)
+
+    def predict(self, adapted, query_x):
+        return self.inner.predict(adapted, query_x)
+
+    def meta_loss(self, task):
+        return super().meta_loss(task) * float("nan")
+
+
+class InfOutputs(MetaLearner):
+    """A regressor whose predictions are infinite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 1)
+
+    def adapt(self, support_x, support_y):
+        return None
+
+    def predict(self, adapted, query_x):
+        return self.head(query_x) * float("inf")
+
+
+def dataset(**changes) -> LabelledDataset:
+    base = make_dataset()
+    fields = dict(images=base.images, labels=base.labels, class_names=base.class_names,
+                  class_groups=base.class_groups, group_names=base.group_names, splits=base.splits)
+    fields.update(changes)
+    return LabelledDataset(**fields)
+
+
+# Checkpoint triggers share one directory per test run.
+_CKPT: dict[str, Path] = {}
+
+
+def checkpoint_run(tmp: Path, **kwargs) -> Path:
+    path = tmp / "run.pt"
+    train(steps=2, checkpoint_path=path, seed=3, config={"lr": 1e-3}, **kwargs)
+    return path
+
+
+# --- one trigger per row --------------------------------------------------------------------
+
+TRIGGERS: dict[str, Callable] = {
+    # Task
+    "task-field-type": lambda: replace(image_task(), support_x=[[1.0]]),
+    "task-field-rank": lambda: replace(image_task(), support_x=torch.zeros(3)),
+    "task-batch-size": lambda: replace(image_task(tasks=3), support_y=torch.zeros(2, 6, dtype=torch.long)),
+    "task-example-count": lambda: replace(image_task(), query_y=torch.zeros(2, 7, dtype=torch.long)),
+    "task-empty-support": lambda: Task(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1), torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)),
+    "task-example-shape": lambda: replace(image_task(), query_x=torch.zeros(2, 6, 1, 9, 9)),
+    "task-devices": lambda: replace(image_task(), query_x=meta_device(image_task().query_x)),
+    "task-info": lambda: replace_info(image_task(), {"w": [1.0]}),
+    # LabelledDataset
+    "dataset-images-rank": lambda: dataset(images=torch.zeros(120, 6, 6)),
+    "dataset-images-dtype": lambda: dataset(images=torch.zeros(120, 1, 6, 6, dtype=torch.uint8)),
+    "dataset-images-finite": lambda: dataset(images=with_nan(make_dataset().images)),
+    "dataset-labels-dtype": lambda: dataset(labels=make_dataset().labels.int()),
+    "dataset-labels-range": lambda: dataset(labels=make_dataset().labels + 1),
+    "dataset-split-range": lambda: dataset(splits={"extra": torch.tensor([99])}),
+    "dataset-split-overlap": lambda: dataset(splits={"a": torch.tensor([0, 1]), "b": torch.tensor([1, 2])}),
+    # EpisodicSampler
+    "sampler-dataset": lambda: EpisodicSampler([1, 2, 3], 2, 1, 1),
+    "sampler-size-type": lambda: EpisodicSampler(make_dataset(), 2, 1.5, 1),
+    "sampler-size-range": lambda: EpisodicSampler(make_dataset(), 0, 1, 1),
+    "sampler-too-many-ways": lambda: EpisodicSampler(make_dataset(), 5, 1, 1, split="test"),
+    "sampler-too-many-ways-rotated": lambda: EpisodicSampler(make_dataset(), 17, 1, 1, split="test", rotations=True),
+    "sampler-too-many-shots": lambda: EpisodicSampler(make_dataset(), 2, 6, 5, split="train"),
+    "sampler-within-group": lambda: EpisodicSampler(make_dataset(), 3, 1, 1, split="train", within_group=True),
+    "sampler-unknown-split": lambda: EpisodicSampler(make_dataset(), 2, 1, 1, split="meta-test"),
+    "sampler-seed": lambda: EpisodicSampler(make_dataset(), 2, 1, 1, seed="0"),
+    "sampler-num-tasks": lambda: train_sampler().sample(0),
+    "sampler-state": lambda: train_sampler().load_state_dict({"rng": 1}),
+    # Regression task families
+    "regression-range-order": lambda: SinusoidTasks(5, 5, amplitude=(5.0, 0.1)),
+    "regression-range-finite": lambda: SinusoidTasks(5, 5, x_range=(float("-inf"), 5.0)),
+    "regression-noise": lambda: LinearTasks(2, 5, 5, noise_std=-1.0),
+    "regression-scale": lambda: LinearTasks(2, 5, 5, x_scale=float("nan")),
+    # Every learner (MetaLearner.forward, meta_loss, adapt, predict)
+    "learner-task-type": per_learner(lambda learner, shape: learner({"support_x": 1})),
+    "learner-support-x-finite": per_learner(lambda learner, shape: learner.meta_loss(
+        replace(t := image_task(x_shape=shape), support_x=with_nan(t.support_x)))),
+    "learner-query-x-finite": per_learner(lambda learner, shape: learner(
+        replace(t := image_task(x_shape=shape), query_x=with_nan(t.query_x, float("inf"))))),
+    "learner-x-dtype": per_learner(lambda learner, shape: learner.adapt(
+        torch.zeros(2, 6, *shape, dtype=torch.int64), image_task(x_shape=shape).support_y)),
+    "learner-negative-label": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x, torch.tensor([[0, 0, 1, 1, 2, -1]] * 2))),
+    "learner-label-dtype": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x, torch.ones(2, 6, dtype=torch.bool))),
+    "learner-label-kinds": per_learner(lambda learner, shape: learner(
+        replace(t := image_task(x_shape=shape), query_y=t.query_y.float()))),
+    "learner-support-shapes": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x, torch.zeros(2, 5, dtype=torch.long))),
+    "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
+    "learner-query-device": per_learner(lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
+    "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
+        replace(t := regression_task(), support_y=with_nan(t.support_y))),
+    "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
+    "learner-query-label-range": lambda: MAML(_small_conv(3), strategy="loop").meta_loss(
+        replace(t := image_task(), query_y=t.query_y + 3)),
+    # task_loss / task_metric
+    "loss-label-shapes": lambda: task_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long)),
+    "loss-regression-shapes": lambda: task_metric(torch.zeros(2, 3, 2), torch.zeros(2, 3, 1)),
+    "loss-outputs-dtype": lambda: task_loss(torch.zeros(2, 3, 5, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)),
+    # Gradient-based learners' options
+    "maml-inner-lr": lambda: MAML(mlp(1, 1), inner_lr=-0.5),
+    "maml-steps": lambda: MAML(mlp(1, 1), inner_steps=-1),
+    "maml-strategy": lambda: MAML(mlp(1, 1), strategy="fast"),
+    "maml-running-stats": lambda: MAML(conv4(norm="batch")),
+    "anil-head": lambda: ANIL(mlp(1, 1), head=9),
+    # Models
+    "model-norm": lambda: conv4(norm="layer"),
+    "model-size": lambda: conv4(hidden_channels=0),
+    "model-image-size": lambda: conv4(out_features=5, image_size=8, num_blocks=4),
+    "model-activation": lambda: mlp(1, 1, activation=torch.relu),
+    # Evaluation
+    "evaluate-count": lambda: evaluate(ProtoNet(nn.Flatten()), train_sampler(), num_episodes=0),
+    "evaluate-learner": lambda: evaluate(nn.Linear(2, 2), train_sampler(), num_episodes=2),
+    "evaluate-sampler": lambda: evaluate(ProtoNet(nn.Flatten()), [image_task()], num_episodes=2),
+    "evaluate-non-finite": lambda: evaluate(InfOutputs(), SinusoidTasks(2, 2, seed=0), num_episodes=3),
+    "ci-empty": lambda: mean_confidence_interval([]),
+    "ci-finite": lambda: mean_confidence_interval([0.5, float("nan")]),
+    "ci-confidence": lambda: mean_confidence_interval([0.5, 0.6], confidence=95),
+    # Training
+    "train-learner": lambda: meta_train(nn.Linear(2, 2), train_sampler(), steps=1, meta_batch_size=1),
+    "train-count": lambda: train(steps=0),
+    "train-seed": lambda: train(seed="0"),
+    "train-grad-clip": lambda: train(grad_clip=-1.0),
+    "train-config-plain": lambda: train(config={"f": print}),
+    "train-config-conflict": lambda: train(config={"meta_batch_size": 5}),
+    "train-non-finite-loss": lambda: train(learner=NaNLoss()),
+    # Checkpoints (tmp directory given by the test)
+    "checkpoint-config": lambda tmp: train(steps=4, checkpoint_path=checkpoint_run(tmp), seed=3, config={"lr": 1e-2}),
+    "checkpoint-seed": lambda tmp: train(steps=4, checkpoint_path=checkpoint_run(tmp), seed=4, config={"lr": 1e-3}),
+    "checkpoint-model": lambda tmp: train(steps=4, checkpoint_path=checkpoint_run(tmp), seed=3, config={"lr": 1e-3},
+                                          learner=ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 7)))),
+    "checkpoint-beyond": lambda tmp: train(steps=1, checkpoint_path=checkpoint_run(tmp), seed=3, config={"lr": 1e-3}),
+    "checkpoint-foreign": lambda tmp: (save_checkpoint(tmp / "other.pt", {"weights": torch.zeros(2)}),
+                                       train(checkpoint_path=tmp / "other.pt")),
+    "checkpoint-unsaveable": lambda tmp: save_checkpoint(tmp / "x.pt", {"f": print}),
+    "checkpoint-missing": lambda tmp: load_checkpoint(tmp / "nothing.pt"),
+    # Plotting, seeding, configuration
+    "plot-task": lambda: show_episode({"support_x": 1}),
+    "plot-kind": lambda: plot_regression_tasks(image_task()),
+    "seed-type": lambda: seed_everything(1.5),
+    "seed-range": lambda: seed_everything(-3),
+    "quick-mode-env": "env",
+}
+
+
+def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Callable[[], object]]]:
+    """``[(label, zero-argument call)]``: one call, or one per learner for per-learner rows."""
+    trigger = TRIGGERS[ident]
+    if trigger == "env":
+        monkeypatch.setenv(QUICK_ENV_VAR, "maybe")
+        return [("", quick_mode)]
+    if getattr(trigger, "per_learner", False):
+        calls = []
+        for name, (make, shape) in LEARNERS.items():
+            calls.append((name, lambda make=make, shape=shape: trigger(make(), shape)))
+        return calls
+    if trigger.__code__.co_argcount == 1:
+        return [("", lambda: trigger(tmp_path))]
+    return [("", trigger)]
+
+
+def test_table_and_triggers_match():
+    ids = [row["id"] for row in ROWS]
+    assert len(ids) == len(set(ids)), "duplicate IDs in docs/validation.md"
+    assert sorted(set(ids) - set(TRIGGERS)) == [], "rows without a trigger in this file"
+    assert sorted(set(TRIGGERS) - set(ids)) == [], "triggers without a row in docs/validation.md"
+
+
+def test_rows_name_the_argument_and_the_value():
+    for row in ROWS:
+        assert row["error"] in ERRORS, row["line"]
+        assert len(row["fragments"]) >= 2, f"a row must name the argument and the value given: {row['line']}"
+
+
+def test_per_learner_rows_say_so():
+    for row in ROWS:
+        runs_all = getattr(TRIGGERS.get(row["id"]), "per_learner", False)
+        assert runs_all == row["function"].startswith("every learner"), row["line"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row["id"] for row in ROWS])
+def test_row(row, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    error = ERRORS[row["error"]]
+    for label, call in run_trigger(row["id"], tmp_path, monkeypatch):
+        with pytest.raises(error, match=re.escape(row["fragments"][0])) as raised:
+            call()
+        assert type(raised.value) is error, f"{label}: {raised.value!r}"
+        message = str(raised.value)
+        for fragment in row["fragments"]:
+            assert fragment in message, f"{label}: {fragment!r} not in {message!r}"
