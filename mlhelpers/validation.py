@@ -1,4 +1,9 @@
-"""Input checks shared by the package: each error names the argument, what was given and what was expected."""
+"""Input checks shared by the package: each error names the argument, what was given and what was expected.
+
+Every helper from Chapter 1 on calls them, and the base class of the learners runs
+:func:`check_task`, :func:`check_support` and :func:`check_query` before any learner's own code.
+The site's "Input validation" page lists every case; a test runs each one.
+"""
 
 from __future__ import annotations
 
