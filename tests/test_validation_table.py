@@ -188,10 +188,6 @@ def dataset(**changes) -> LabelledDataset:
     return LabelledDataset(**fields)
 
 
-# Checkpoint triggers share one directory per test run.
-_CKPT: dict[str, Path] = {}
-
-
 def checkpoint_run(tmp: Path, **kwargs) -> Path:
     path = tmp / "run.pt"
     train(steps=2, checkpoint_path=path, seed=3, config={"lr": 1e-3}, **kwargs)
