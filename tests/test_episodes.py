@@ -154,3 +154,50 @@ def test_property_valid_requests_give_valid_episodes_and_invalid_ones_raise(
         query = set(zip(task.info["query_index"][t].tolist(), rot.repeat_interleave(q_query).tolist()))
         assert not support & query and len(support) == n_way * k_shot
         assert set(task.support_y[t].tolist()) == set(range(n_way))
+        assert set(task.query_y[t].tolist()) == set(range(n_way))  # labels are exactly 0..N-1
+        # Each label names the class whose examples carry it.
+        classes = task.info["classes"][t]
+        assert torch.equal(data.labels[task.info["support_index"][t]], classes[task.support_y[t]])
+        assert torch.equal(data.labels[task.info["query_index"][t]], classes[task.query_y[t]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    assignment=st.lists(st.sampled_from(["train", "val", "test", None]), min_size=2, max_size=14),
+    split=st.sampled_from(["train", "val", "test", "other"]),
+    n_way=st.integers(1, 6),
+    seed=st.integers(0, 2**31),
+)
+def test_property_episodes_stay_in_their_split_and_bad_splits_raise(assignment, split, n_way, seed):
+    """Any class-disjoint split of any dataset: a split's episodes only use its classes; a request
+    for an unknown split or more ways than it has classes is a ValueError."""
+    data = make_dataset(num_classes=len(assignment), per_class=4, groups=1)
+    splits = {
+        name: torch.tensor([c for c, s in enumerate(assignment) if s == name], dtype=torch.int64)
+        for name in ("train", "val", "test")
+    }
+    data.splits = splits
+    members = set(splits.get(split, torch.tensor([], dtype=torch.int64)).tolist())
+    if split not in splits or n_way > len(members):
+        with pytest.raises(ValueError, match="unknown split" if split not in splits else f"n_way={n_way}"):
+            EpisodicSampler(data, n_way, 1, 2, split=split, seed=seed)
+        return
+    task = EpisodicSampler(data, n_way, 1, 2, split=split, seed=seed).sample(4)
+    drawn = set(task.info["classes"].flatten().tolist())
+    assert drawn <= members
+    others = set().union(*(set(v.tolist()) for k, v in splits.items() if k != split))
+    assert not drawn & others
+    assert set(data.labels[task.info["query_index"]].flatten().tolist()) <= members
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=st.sets(st.integers(0, 11), min_size=1), b=st.sets(st.integers(0, 11), min_size=1))
+def test_property_overlapping_splits_are_refused(a, b):
+    base = make_dataset()
+    make = lambda: type(base)(base.images, base.labels, base.class_names,
+                              splits={"a": torch.tensor(sorted(a)), "b": torch.tensor(sorted(b))})
+    if a & b:
+        with pytest.raises(ValueError, match=rf"class {min(a & b)} is in both split 'a' and split 'b'"):
+            make()
+    else:
+        assert make().splits["a"].tolist() == sorted(a)
