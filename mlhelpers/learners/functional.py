@@ -46,12 +46,9 @@ def check_strategy(strategy: Any) -> str:
 
 
 def resolve_strategy(strategy: str, device: torch.device) -> str:
-    """``"auto"`` becomes ``"vmap"`` on accelerators (CUDA, MPS) and, on the CPU, ``"threads"``
-    when PyTorch may use more than one thread (``torch.get_num_threads()``), else ``"loop"``."""
+    """``"auto"`` becomes ``"loop"`` on the CPU and ``"vmap"`` elsewhere (CUDA, MPS)."""
     if strategy == "auto":
-        if device.type != "cpu":
-            return "vmap"
-        return "threads" if torch.get_num_threads() > 1 else "loop"
+        return "loop" if device.type == "cpu" else "vmap"
     return strategy
 
 

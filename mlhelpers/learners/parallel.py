@@ -7,7 +7,9 @@ the cores spend much of their time waiting for each other at the end of each ope
 more so when another process shares the machine. The ``"threads"`` strategy parallelises
 *across tasks* instead: each of ``workers`` Python threads takes whole tasks, one at a time, and
 runs them with a single intra-op thread (PyTorch's kernels release the GIL, so the threads run at
-the same time). Chapter 3 measures the difference (``bench/meta_step.py``).
+the same time). On an idle machine intra-op parallelism is as fast or faster; on a machine that
+other jobs share, tasks in threads are several times faster. Chapter 3 measures both
+(``bench/meta_step.py``).
 
 - :func:`threaded_meta_loss`: per task, the meta-loss *and its gradient* with respect to the
   learner's parameters are computed in a worker (``torch.autograd.grad``), and each task's graph
