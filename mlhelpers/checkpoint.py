@@ -196,7 +196,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the global random states saved by :func:`rng_state`."""
+    """Restore the global random states saved by :func:`rng_state`; a ValueError names what is missing."""
+    missing = sorted({"torch", "python", "numpy"} - set(state)) if isinstance(state, Mapping) else None
+    if missing is None or missing:
+        got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"state must be a dict from rng_state() with 'torch', 'python' and 'numpy', got {got}")
     torch.set_rng_state(state["torch"])
     random.setstate(_to_tuples(state["python"]))
     np_state = state["numpy"]

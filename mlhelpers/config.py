@@ -41,6 +41,8 @@ def quick_mode() -> bool:
 def set_quick_mode(enabled: bool | None) -> None:
     """Force quick mode on or off in this process; ``None`` returns control to the environment."""
     global _override
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {type(enabled).__name__} {enabled!r}")
     _override = enabled
 
 

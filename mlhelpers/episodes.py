@@ -43,6 +43,8 @@ class TaskSampler(ABC):
     def batches(self, meta_batch_size: int, num_batches: int | None = None) -> Iterator[Task]:
         """Yield ``num_batches`` batches of ``meta_batch_size`` tasks (forever if None)."""
         check_positive_int("meta_batch_size", meta_batch_size)
+        if num_batches is not None:
+            check_positive_int("num_batches", num_batches)
         done = 0
         while num_batches is None or done < num_batches:
             yield self.sample(meta_batch_size)

@@ -134,7 +134,16 @@ class Task:
         """Concatenate batches along the task dimension."""
         if not tasks:
             raise ValueError("Task.cat needs at least one batch, got an empty list")
+        for i, task in enumerate(tasks):
+            if not isinstance(task, Task):
+                raise TypeError(f"tasks[{i}] must be a Task, got {describe(task)}")
         keys = set(tasks[0].info)
+        for i, task in enumerate(tasks):
+            if set(task.info) != keys:
+                raise ValueError(
+                    f"tasks[{i}].info has keys {sorted(task.info)} but tasks[0].info has {sorted(keys)}: "
+                    "batches must carry the same info to be concatenated"
+                )
         return Task(
             torch.cat([t.support_x for t in tasks]),
             torch.cat([t.support_y for t in tasks]),

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from mlhelpers.checkpoint import load_checkpoint, save_checkpoint
-from mlhelpers.config import QUICK_ENV_VAR, quick_mode
+from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.regression import LinearTasks, SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
@@ -38,6 +38,8 @@ from mlhelpers.learners import (
     task_loss,
     task_metric,
 )
+from mlhelpers.learners.functional import sgd_steps
+from mlhelpers.learners.parallel import map_tasks_in_threads
 from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.seeding import seed_everything
@@ -206,6 +208,8 @@ TRIGGERS: dict[str, Callable] = {
     "task-example-shape": lambda: replace(image_task(), query_x=torch.zeros(2, 6, 1, 9, 9)),
     "task-devices": lambda: replace(image_task(), query_x=meta_device(image_task().query_x)),
     "task-info": lambda: replace_info(image_task(), {"w": [1.0]}),
+    "task-cat-type": lambda: Task.cat([image_task(), "x"]),
+    "task-cat-info": lambda: Task.cat([image_task(), replace_info(image_task(), {"w": torch.zeros(2)})]),
     # LabelledDataset
     "dataset-images-rank": lambda: dataset(images=torch.zeros(120, 6, 6)),
     "dataset-images-dtype": lambda: dataset(images=torch.zeros(120, 1, 6, 6, dtype=torch.uint8)),
@@ -225,6 +229,7 @@ TRIGGERS: dict[str, Callable] = {
     "sampler-unknown-split": lambda: EpisodicSampler(make_dataset(), 2, 1, 1, split="meta-test"),
     "sampler-seed": lambda: EpisodicSampler(make_dataset(), 2, 1, 1, seed="0"),
     "sampler-num-tasks": lambda: train_sampler().sample(0),
+    "sampler-num-batches": lambda: next(train_sampler().batches(2, num_batches=0)),
     "sampler-state": lambda: train_sampler().load_state_dict({"rng": 1}),
     # Regression task families
     "regression-range-order": lambda: SinusoidTasks(5, 5, amplitude=(5.0, 0.1)),
@@ -263,6 +268,11 @@ TRIGGERS: dict[str, Callable] = {
     "maml-steps": lambda: MAML(mlp(1, 1), inner_steps=-1),
     "maml-strategy": lambda: MAML(mlp(1, 1), strategy="fast"),
     "maml-running-stats": lambda: MAML(conv4(norm="batch")),
+    "sgd-lrs": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)}, {}, 1,
+                                 create_graph=False, functional=False),
+    "sgd-steps": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)}, {"w": 0.1}, -2,
+                                   create_graph=False, functional=False),
+    "parallel-workers": lambda: map_tasks_in_threads(lambda m, t: None, nn.Linear(1, 1), image_task(), 0),
     "anil-head": lambda: ANIL(mlp(1, 1), head=9),
     # Models
     "model-norm": lambda: conv4(norm="layer"),
@@ -300,6 +310,8 @@ TRIGGERS: dict[str, Callable] = {
     "plot-kind": lambda: plot_regression_tasks(image_task()),
     "seed-type": lambda: seed_everything(1.5),
     "seed-range": lambda: seed_everything(-3),
+    "quick-mode-override": lambda: set_quick_mode("yes"),
+    "rng-state": lambda: set_rng_state({"torch": torch.get_rng_state()}),
     "quick-mode-env": "env",
 }
 

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from mlhelpers.validation import check_steps
+
 Strategy = Literal["auto", "loop", "threads", "vmap"]
 STRATEGIES: tuple[str, ...] = ("auto", "loop", "threads", "vmap")
 
@@ -198,6 +200,10 @@ def sgd_steps(
     learning rates): through the inner gradients too if ``create_graph`` (second-order MAML),
     otherwise only through the identity path (first-order MAML). Derived in Chapter 3.
     """
+    check_steps("steps", steps)
+    missing = sorted(set(fast) - set(lrs))
+    if missing:
+        raise ValueError(f"lrs must give a learning rate for every tensor of fast, got none for {missing}")
     if not functional:
         # autograd.grad needs inputs that require grad; frozen initial weights become leaves.
         fast = {n: p if p.requires_grad else p.detach().requires_grad_() for n, p in fast.items()}

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.tasks import Task
+from mlhelpers.validation import check_positive_int
 
 M = TypeVar("M", bound=nn.Module)
 R = TypeVar("R")
@@ -54,7 +55,8 @@ def map_tasks_in_threads(fn: Callable[[M, Task], R], module: M, task: Task, work
     Each thread owns one :func:`shallow_replica` of ``module`` and runs with one intra-op thread
     and the caller's grad mode. The intra-op thread count of the caller is restored afterwards.
     """
-    workers = max(1, min(workers, len(task)))
+    check_positive_int("workers", workers)
+    workers = min(workers, len(task))
     replicas = [shallow_replica(module) for _ in range(workers)]
     grad_enabled = torch.is_grad_enabled()
     caller_threads = torch.get_num_threads()
