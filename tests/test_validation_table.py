@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from conftest import make_dataset
 from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.regression import LinearTasks, SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
@@ -218,6 +220,13 @@ TRIGGERS: dict[str, Callable] = {
     "dataset-labels-range": lambda: dataset(labels=make_dataset().labels + 1),
     "dataset-split-range": lambda: dataset(splits={"extra": torch.tensor([99])}),
     "dataset-split-overlap": lambda: dataset(splits={"a": torch.tensor([0, 1]), "b": torch.tensor([1, 2])}),
+    # Omniglot
+    "omniglot-type": lambda: preprocess("img"),
+    "omniglot-shape": lambda: preprocess(np.zeros((28, 28))),
+    "omniglot-finite": lambda: preprocess(np.full((105, 105), np.nan)),
+    "omniglot-ink": lambda: preprocess_many([np.full((105, 105), 3)]),
+    "omniglot-flag": lambda: load_omniglot(split_by_alphabet="yes"),
+    "omniglot-missing": lambda: load_full_omniglot("/nonexistent"),
     # EpisodicSampler
     "sampler-dataset": lambda: EpisodicSampler([1, 2, 3], 2, 1, 1),
     "sampler-size-type": lambda: EpisodicSampler(make_dataset(), 2, 1.5, 1),
