@@ -114,17 +114,17 @@ def _check_task_call(self: nn.Module, task: Any, *args: Any, **kwargs: Any) -> N
 
 
 def _check_adapt_call(self: nn.Module, support_x: Any, support_y: Any, *args: Any, **kwargs: Any) -> None:
-    check_support(support_x, support_y)
     device = _parameter_device(self)
-    if device is not None and support_x.device != device:
+    if device is not None and isinstance(support_x, Tensor) and support_x.device != device:
         raise ValueError(f"support_x is on {support_x.device} but the learner's parameters are on {device}")
+    check_support(support_x, support_y)
 
 
 def _check_predict_call(self: nn.Module, adapted: Any, query_x: Any, *args: Any, **kwargs: Any) -> None:
-    check_query(query_x)
     device = _parameter_device(self)
-    if device is not None and query_x.device != device:
+    if device is not None and isinstance(query_x, Tensor) and query_x.device != device:
         raise ValueError(f"query_x is on {query_x.device} but the learner's parameters are on {device}")
+    check_query(query_x)
 
 
 _CHECKS = {
