@@ -241,3 +241,18 @@ def test_bad_arguments_are_named(kwargs, error, match):
     arguments = {"steps": 2, "meta_batch_size": 2, "progress": False, **kwargs}
     with pytest.raises(error, match=match):
         meta_train(mlp_protonet(), train_sampler(), **arguments)
+
+
+def test_non_finite_gradient_norm_stops_before_the_step_and_before_any_checkpoint(tmp_path):
+    learner = mlp_protonet()
+    before = _params(learner)
+    for p in learner.parameters():
+        p.register_hook(lambda g: g * float("inf"))  # a finite loss whose gradient overflows
+    path = tmp_path / "run.pt"
+    with pytest.raises(RuntimeError, match=r"non-finite gradient norm \(inf\) at step 1") as error:
+        meta_train(learner, train_sampler(), steps=3, meta_batch_size=2, progress=False, grad_clip=1.0,
+                   checkpoint_path=path)
+    assert f"No checkpoint was written to {str(path)!r}" in str(error.value)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    for key, value in _params(learner).items():
+        assert torch.equal(value, before[key]), key  # the optimizer never stepped
