@@ -34,19 +34,19 @@ Batching over tasks (``strategy``):
   (:mod:`~mlhelpers.learners.parallel`). ``meta_loss`` then computes each task's meta-gradient in
   its worker and frees the task's graph at once, so memory holds a few tasks, not the batch;
   ``forward`` (evaluation) adapts and predicts each task in a worker; ``adapt`` and ``predict``
-  called directly run as ``"loop"``. Use it on a machine that other jobs share.
+  called directly run as ``"loop"``. Use it for large meta-batches or on a shared machine.
 - ``"vmap"``: the whole inner loop of all tasks at once with ``torch.func.vmap`` and
   ``torch.func.grad``.
 - ``"auto"`` (default): ``"loop"`` on the CPU, ``"vmap"`` on accelerators.
 
 Measured on this book's 2-core CPU (torch 2.14, float32; ``bench/meta_step.py``, whose table
-Chapter 3 shows): on an otherwise idle machine the loop with intra-op parallelism is the fastest
-CPU strategy (tasks in threads were 10-50% slower: Python's global lock and memory bandwidth are
-shared, and per-task kernels are small); when other processes load the cores, intra-op threads
-wait for each other at every operation and tasks in threads were 2-5 times faster. With one
-thread, ``"vmap"`` was slower than the loop and used more memory (``norm="task"``, 8 tasks: loop
-1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap turns many small kernels into a few large
-ones.
+Chapter 3 shows), one meta-step of conv4 (64 channels) on 32 tasks of 5-way 1-shot: tasks in
+threads were 7-20% faster than the loop at second order and as fast at first order, with a
+twentieth of its memory (0.1-0.2 GB against 1.7-2.6 GB: the loop keeps every task's graph until
+the backward pass); with a few tasks on an idle machine the loop was faster, and when other jobs
+load the cores, tasks in threads were several times faster. With one thread, ``"vmap"`` was
+slower than the loop and used more memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap
+1.9 s / +1.4 GB). On a GPU, vmap turns many small kernels into a few large ones.
 
 Normalisation policy (explained in Chapter 3):
 
