@@ -1,0 +1,154 @@
+"""The learner shipped with the package: mlhelpers.pretrained (Chapter 4)."""
+
+import socket
+
+import pytest
+import torch
+
+from mlhelpers import pretrained
+from mlhelpers.data.omniglot import load_omniglot
+from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.evaluation import evaluate
+from mlhelpers.learners import ProtoNet
+from mlhelpers.models import conv4
+from mlhelpers.pretrained import EnsembleProtoNet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def learner():
+    return pretrained.load()
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    return EpisodicSampler(load_omniglot(), 5, 1, 3, "test", seed=0).sample(20)
+
+
+@pytest.mark.parametrize("name", sorted(pretrained.PRETRAINED))
+def test_every_shipped_learner_loads_offline_in_eval_mode(name, no_network):
+    learner = pretrained.load(name)
+    assert isinstance(learner, EnsembleProtoNet) and not learner.training
+    assert len(learner.backbones) == learner.config["members"]
+    assert str(pretrained.PRETRAINED[name].file) in pretrained.PRETRAINED[name].command
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(ValueError, match="protonet-omniglot"):
+        pretrained.load("resnet-imagenet")
+
+
+def test_shipped_learner_is_accurate_on_meta_test_alphabets(learner, episodes):
+    predicted = learner.predict_labels(episodes.support_x, episodes.support_y, episodes.query_x)
+    assert predicted.shape == episodes.query_y.shape and predicted.dtype == torch.int64
+    accuracy = (predicted == episodes.query_y).float().mean().item()
+    assert accuracy > 0.85, accuracy  # chance is 0.2
+
+
+def test_predictions_keep_the_callers_labels_and_accept_uint8(learner, episodes):
+    sx, sy, qx = episodes.support_x[0], episodes.support_y[0], episodes.query_x[0]
+    expected = learner.predict_labels(sx, sy, qx)
+    names = torch.tensor([7, 42, 3, 100, 5])  # any integers name the classes
+    renamed = learner.predict_labels(sx, names[sy], qx)
+    torch.testing.assert_close(renamed, names[expected])
+    assert set(renamed.tolist()) <= set(names.tolist())
+    as_bytes = learner.predict_labels((sx * 255).round().to(torch.uint8), sy, (qx * 255).round().to(torch.uint8))
+    assert (as_bytes == expected).float().mean() >= 0.9
+
+
+def test_predictions_invariant_to_support_order_and_any_shots(learner):
+    task = EpisodicSampler(load_omniglot(), 7, 3, 2, "test", seed=1).sample(1)
+    sx, sy, qx = task.support_x[0], task.support_y[0], task.query_x[0]
+    perm = torch.randperm(len(sy), generator=torch.Generator().manual_seed(0))
+    a = learner.predict_labels(sx, sy, qx)
+    b = learner.predict_labels(sx[perm], sy[perm], qx)
+    torch.testing.assert_close(a, b)
+    assert a.shape == (14,)
+    # the task dimension gives the same answer as one call per task
+    torch.testing.assert_close(learner.predict_labels(task.support_x, task.support_y, task.query_x)[0], a)
+
+
+@pytest.mark.parametrize(
+    "support, labels, query, error, message",
+    [
+        (torch.rand(5, 28, 28), torch.arange(5), torch.rand(2, 1, 28, 28), ValueError, "shape"),
+        (torch.rand(5, 1, 28, 28), torch.arange(4), torch.rand(2, 1, 28, 28), ValueError, "one label per"),
+        (torch.rand(5, 1, 28, 28), torch.arange(5.0), torch.rand(2, 1, 28, 28), TypeError, "integers"),
+        (torch.rand(5, 1, 28, 28), torch.arange(5), torch.rand(1, 2, 1, 28, 28), ValueError, "task dimension"),
+        (torch.rand(5, 1, 28, 28).int(), torch.arange(5), torch.rand(2, 1, 28, 28), TypeError, "uint8"),
+        ([[0.0]], torch.arange(5), torch.rand(2, 1, 28, 28), TypeError, "torch tensor"),
+    ],
+)
+def test_bad_input_is_explained(learner, support, labels, query, error, message):
+    with pytest.raises(error, match=message):
+        learner.predict_labels(support, labels, query)
+
+
+def test_one_member_without_tta_is_a_protonet():
+    torch.manual_seed(0)
+    backbone = conv4(hidden_channels=8).eval()
+    task = EpisodicSampler(load_omniglot(), 4, 2, 2, "val", seed=2).sample(2)
+    ensemble = EnsembleProtoNet([backbone]).eval()
+    with torch.no_grad():
+        expected = ProtoNet(backbone)(task).log_softmax(-1)
+        torch.testing.assert_close(ensemble(task), expected, atol=1e-5, rtol=1e-5)
+        assert ensemble(task).shape == (2, 8, 4)
+        ensemble.tta_shift = 1  # test-time views change the embedding, not the shapes
+        assert ensemble(task).shape == (2, 8, 4) and not torch.allclose(ensemble(task), expected)
+
+
+def test_save_and_load_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    config = {"channels": 8, "members": 2, "tta_shift": 1, "steps": 0}
+    learner = pretrained.build(config).eval()
+    pretrained.save(learner, tmp_path / "x.pt", config)
+    loaded = pretrained.load_file(tmp_path / "x.pt")
+    assert loaded.config == config and loaded.tta_shift == 1 and len(loaded.backbones) == 2
+    task = EpisodicSampler(load_omniglot(), 3, 1, 2, "val", seed=3).sample(1)
+    with torch.no_grad():  # float16 storage: close, not equal
+        torch.testing.assert_close(loaded(task), learner(task), atol=2e-2, rtol=2e-2)
+
+
+def test_short_training_run_is_far_above_chance():
+    omniglot = load_omniglot()
+    backbone = pretrained.train_member(omniglot, seed=0, steps=100, ways=20, augment=False, channels=16,
+                                       log_every=0, val_every=0)
+    learner = EnsembleProtoNet([backbone])
+    untrained = EnsembleProtoNet([conv4(hidden_channels=16).eval()])
+    sampler = lambda: EpisodicSampler(omniglot, 5, 1, 5, "val", seed=4)  # noqa: E731
+    trained_acc, untrained_acc = evaluate(learner, sampler(), 50).mean, evaluate(untrained, sampler(), 50).mean
+    assert trained_acc > 0.6 and trained_acc > untrained_acc + 0.15, (untrained_acc, trained_acc)
+
+
+def test_weights_are_declared_package_data_and_small():
+    """A non-editable install copies only files matched by pyproject's package-data globs."""
+    import fnmatch
+    import tomllib
+    from importlib.resources import files
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mlhelpers"]
+    total = 0
+    for info in pretrained.PRETRAINED.values():
+        assert any(fnmatch.fnmatch(f"assets/{info.file}", g) for g in globs), (info.file, globs)
+        path = Path(str(files("mlhelpers").joinpath("assets", info.file)))
+        total += path.stat().st_size
+    assert total <= 3 * 1024 * 1024, total
