@@ -53,6 +53,16 @@ def test_shipped_data_and_task_families_load_offline(no_network):
     assert LinearTasks(3, 5, 5, seed=0).sample(2).support_x.shape == (2, 5, 3)
 
 
+def test_the_pretrained_learner_loads_offline(no_network):
+    from mlhelpers import pretrained
+
+    learner = pretrained.load()  # weights shipped in the package
+    task = EpisodicSampler(load_omniglot(), 5, 1, 2, split="test", seed=0).sample(1)
+    with torch.no_grad():
+        outputs = learner(task)
+    assert outputs.shape == (1, 10, 5) and torch.isfinite(outputs).all()
+
+
 # --- a notebook, in a kernel whose sockets are blocked ----------------------------------------
 
 SITECUSTOMIZE = textwrap.dedent(
