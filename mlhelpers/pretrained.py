@@ -13,7 +13,8 @@ rotations as new classes, one of them with small random affine distortions
 (:mod:`mlhelpers.data.augment`); embeddings are averaged over 1-pixel shifts at test time. Among
 the variants Chapter 4 compares it is the best on within-alphabet 20-way 1-shot tasks of the
 meta-validation alphabets (88.5% +- 0.6%). The weights (16-bit floats, under 0.5 MB) were produced
-from the shipped data by (about 13 CPU-minutes)::
+from the shipped data by (10-13 CPU-minutes; rerunning these commands reproduced the shipped
+weights bit for bit on one CPU thread)::
 
     OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --steps 2000 --augment --out aug.pt
     OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --steps 2000 --out plain.pt
