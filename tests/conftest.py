@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,3 +54,25 @@ def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8,
 @pytest.fixture
 def dataset() -> LabelledDataset:
     return make_dataset()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and then do not fight other work for the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to resolve a host or open a connection fails loudly."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

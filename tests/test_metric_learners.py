@@ -23,13 +23,7 @@ LEARNERS = ["protonet", "matching", "relation", "nearest_centroid"]
 CHECKS_LABELS = ["matching", "relation", "nearest_centroid"]  # ProtoNet's own checks: test_protonet.py
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight other work for the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_learner(name: str, image_size: int = 8) -> nn.Module:

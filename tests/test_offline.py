@@ -25,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_bilevel_optimisation.ipynb"
 
 
-@pytest.fixture
-def no_network(monkeypatch):
-    """Any attempt to resolve a host or open a connection fails loudly."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
 def test_the_guard_blocks_connections(no_network):
     with pytest.raises(AssertionError, match="network access attempted"):
         socket.create_connection(("example.org", 80))

@@ -1,7 +1,5 @@
 """The learner shipped with the package: mlhelpers.pretrained (Chapter 4)."""
 
-import socket
-
 import pytest
 import torch
 
@@ -13,23 +11,7 @@ from mlhelpers.learners import ProtoNet
 from mlhelpers.models import conv4
 from mlhelpers.pretrained import EnsembleProtoNet
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
