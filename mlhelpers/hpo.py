@@ -48,10 +48,10 @@ class TrialSetup:
     meta_batch_size: int = 4
 
 
-def _rewinder(sampler) -> Callable[[], None]:
+def _rewinder(name: str, sampler) -> Callable[[], None]:
     """A function that puts ``sampler`` back in its current random state."""
     if not callable(getattr(sampler, "state_dict", None)):
-        raise TypeError(f"samplers must be TaskSamplers with state_dict(), got {type(sampler).__name__}")
+        raise TypeError(f"{name} must be a TaskSampler (with state_dict()), got {type(sampler).__name__}")
     state = copy.deepcopy(sampler.state_dict())
     return lambda: sampler.load_state_dict(copy.deepcopy(state))
 
@@ -85,7 +85,7 @@ def learner_objective(
     check_positive_int("steps", steps)
     check_positive_int("report_every", report_every)
     check_positive_int("val_episodes", val_episodes)
-    rewind_train, rewind_val = _rewinder(train_sampler), _rewinder(val_sampler)
+    rewind_train, rewind_val = _rewinder("train_sampler", train_sampler), _rewinder("val_sampler", val_sampler)
 
     def objective(trial: optuna.Trial) -> float:
         seed_everything(seed)

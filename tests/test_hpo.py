@@ -106,7 +106,7 @@ def test_bad_arguments_name_themselves():
         learner_objective(build, sampler, sampler, steps=4, report_every=0)
     with pytest.raises(TypeError, match="build must be a callable"):
         learner_objective("conv4", sampler, sampler, steps=4, report_every=2)
-    with pytest.raises(TypeError, match="samplers must be TaskSamplers"):
+    with pytest.raises(TypeError, match="train_sampler must be a TaskSampler"):
         learner_objective(build, [1, 2], sampler, steps=4, report_every=2)
     with pytest.raises(TypeError, match="build\\(trial\\) must return a TrialSetup, got ProtoNet"):
         study = optuna.create_study()

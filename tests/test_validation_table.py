@@ -14,18 +14,23 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from torch import nn
 
 from conftest import make_dataset
+from mlhelpers import pretrained
 from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
+from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
+from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.regression import LinearTasks, SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
+from mlhelpers.hpo import learner_objective, warm_start
 from mlhelpers.learners import (
     ANIL,
     MAML,
@@ -200,7 +205,32 @@ def checkpoint_run(tmp: Path, **kwargs) -> Path:
 
 # --- one trigger per row --------------------------------------------------------------------
 
+def _search_network():
+    net = SearchNetwork(1, 3, channels=2, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "avg_pool3x3"))
+    return net, net.init_alphas(), (torch.zeros(2, 1, 6, 6), torch.zeros(2, dtype=torch.long))
+
+
+def _train_sampler():
+    return EpisodicSampler(make_dataset(), 3, 1, 1, "train", seed=0)
+
+
 TRIGGERS: dict[str, Callable] = {
+    # the pretrained learner, augmentation, tuning and architecture search
+    "pretrained-name": lambda: pretrained.load("resnet"),
+    "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
+    "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
+                                                                   torch.zeros(3, 1, 28, 28)),
+    "augment-shape": lambda: shifted_copies(torch.zeros(5)),
+    "hpo-report-every": lambda: learner_objective(lambda t: None, _train_sampler(), _train_sampler(), steps=4,
+                                                  report_every=0),
+    "hpo-build": lambda: learner_objective("conv4", _train_sampler(), _train_sampler(), steps=4, report_every=2),
+    "hpo-sampler": lambda: learner_objective(lambda t: None, [1], _train_sampler(), steps=4, report_every=2),
+    "hpo-top-k": lambda: warm_start(optuna.create_study(), [], top_k=0),
+    "darts-operations": lambda: MixedOp(2, ["skip", "conv7x7"]),
+    "darts-alphas-shape": lambda: (lambda net, a, b: net(b[0], a[:2]))(*_search_network()),
+    "darts-xi": lambda: (lambda net, a, b: architecture_gradient(net, a, b, b, xi=-1))(*_search_network()),
+    "darts-alphas-grad": lambda: (lambda net, a, b: architecture_gradient(net, a.detach(), b, b, xi=0.1))(
+        *_search_network()),
     # Task
     "task-field-type": lambda: replace(image_task(), support_x=[[1.0]]),
     "task-field-rank": lambda: replace(image_task(), support_x=torch.zeros(3)),
