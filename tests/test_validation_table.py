@@ -26,6 +26,7 @@ from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.data.ratings import RatingTasks, load_movielens
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.regression import LinearTasks, SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
@@ -48,6 +49,7 @@ from mlhelpers.learners import (
 from mlhelpers.learners.functional import sgd_steps
 from mlhelpers.learners.parallel import map_tasks_in_threads
 from mlhelpers.models import conv4, mlp
+from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
@@ -214,7 +216,32 @@ def _train_sampler():
     return EpisodicSampler(make_dataset(), 3, 1, 1, "train", seed=0)
 
 
+def _rl(episodes: int = 2):
+    policy = GaussianPolicy(hidden=(4,))
+    env = PointNavigation(torch.zeros(1, 2), horizon=2)
+    return policy, env, rollout(policy, env, episodes, torch.Generator().manual_seed(0))
+
+
 TRIGGERS: dict[str, Callable] = {
+    # ratings and reinforcement learning (Chapter 7)
+    "ratings-items": lambda: RatingTasks(3, 3, n_items=5),
+    "ratings-noise": lambda: RatingTasks(3, 3, noise_std=-1.0),
+    "movielens-download": lambda tmp: load_movielens(tmp),
+    "movielens-root": lambda: load_movielens(3),
+    "movielens-flag": lambda: load_movielens("data", download="yes"),
+    "rl-goals-shape": lambda: PointNavigation(torch.zeros(3)),
+    "rl-goals-finite": lambda: PointNavigation(torch.tensor([[0.0, float("nan")]])),
+    "rl-step-size": lambda: PointNavigation(torch.zeros(1, 2), step_size=0),
+    "rl-step-shapes": lambda: PointNavigation(torch.zeros(1, 2)).step(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3)),
+    "rl-goal-range": lambda: sample_goals(2, torch.Generator(), low=1, high=0),
+    "rl-init-std": lambda: GaussianPolicy(init_std=0),
+    "rl-env": lambda: rollout(GaussianPolicy(), "env", 2, torch.Generator()),
+    "rl-generator": lambda: rollout(GaussianPolicy(), PointNavigation(torch.zeros(1, 2)), 2, 0),
+    "rl-trajectories": lambda: reinforce_loss(GaussianPolicy(), [1]),
+    "rl-gamma": lambda: (lambda p, e, t: reinforce_loss(p, t, gamma=2))(*_rl()),
+    "rl-baseline": lambda: (lambda p, e, t: reinforce_loss(p, t))(*_rl(episodes=1)),
+    "rl-inner-lr": lambda: (lambda p, e, t: adapt_policy(p, e, inner_lr=-1, steps=1, episodes=2,
+                                                         generator=torch.Generator()))(*_rl()),
     # the pretrained learner, augmentation, tuning and architecture search
     "pretrained-name": lambda: pretrained.load("resnet"),
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),

@@ -1,0 +1,229 @@
+"""A tiny meta-reinforcement-learning kit, without external simulators (Chapter 7).
+
+The task family is the 2-D point navigation of Finn et al. (2017, section 5.3): a point starts at
+the origin, each task has a goal in the square ``[-0.5, 0.5]^2``, and the agent, which sees only
+its position (not the goal), must find the goal from rewards alone. Everything is batched over
+tasks and episodes::
+
+    positions, actions  [tasks, episodes, horizon, 2]     rewards  [tasks, episodes, horizon]
+
+- :class:`PointNavigation`: the dynamics ``p' = p + step_size * clip(a, -1, 1)`` and the reward
+  ``-||p' - goal||`` (Finn et al. use the squared distance; the distance keeps a useful gradient
+  near the goal).
+- :class:`GaussianPolicy`: an MLP mean and a learned, state-independent log standard deviation.
+- :func:`rollout`: sample episodes with shared or per-task parameters.
+- :func:`reinforce_loss`: the REINFORCE (policy-gradient) surrogate with a leave-one-out baseline,
+  one loss per task, differentiable in the parameters (so MAML can differentiate through it).
+- :func:`adapt_policy`: a few policy-gradient steps per task, the inner loop of MAML for RL.
+
+Per-task parameters are dicts ``name -> [tasks, *shape]``, as :func:`task_params` makes them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Normal
+from torch.func import functional_call, vmap
+
+from mlhelpers.models import mlp
+from mlhelpers.validation import check_lr, check_positive_int, check_steps, describe
+
+Params = dict[str, Tensor]
+
+
+def _check_finite_positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def sample_goals(num_tasks: int, generator: torch.Generator, low: float = -0.5, high: float = 0.5) -> Tensor:
+    """``num_tasks`` goals uniform in the square ``[low, high]^2``, ``[num_tasks, 2]``."""
+    check_positive_int("num_tasks", num_tasks)
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}")
+    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and low < high):
+        raise ValueError(f"need numbers low < high, got low={low!r}, high={high!r}")
+    return low + (high - low) * torch.rand(num_tasks, 2, generator=generator)
+
+
+class PointNavigation:
+    """A batch of point-navigation tasks, one goal each.
+
+    Args:
+        goals: ``[tasks, 2]`` goal positions.
+        horizon: steps per episode.
+        step_size: how far the largest action (``|a_i| = 1``) moves the point per step.
+    """
+
+    def __init__(self, goals: Tensor, horizon: int = 20, step_size: float = 0.1) -> None:
+        if not isinstance(goals, Tensor) or goals.dim() != 2 or goals.shape[1] != 2:
+            shape = tuple(goals.shape) if isinstance(goals, Tensor) else describe(goals)
+            raise ValueError(f"goals must be a [tasks, 2] tensor, got {shape}")
+        if not bool(torch.isfinite(goals).all()):
+            raise ValueError("goals must be finite numbers, got NaN or infinity")
+        self.goals = goals
+        self.horizon = check_positive_int("horizon", horizon)
+        self.step_size = _check_finite_positive("step_size", step_size)
+
+    def __len__(self) -> int:
+        return self.goals.shape[0]
+
+    def reset(self, episodes: int) -> Tensor:
+        """Start positions (the origin), ``[tasks, episodes, 2]``."""
+        check_positive_int("episodes", episodes)
+        return self.goals.new_zeros(len(self), episodes, 2)
+
+    def step(self, position: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """Move every point by its clipped action; return the new positions and the rewards ``[tasks, episodes]``."""
+        if position.shape != action.shape or position.dim() != 3 or position.shape[0] != len(self):
+            raise ValueError(
+                f"position and action must both be [tasks={len(self)}, episodes, 2], got "
+                f"{tuple(position.shape)} and {tuple(action.shape)}"
+            )
+        new = position + self.step_size * action.clamp(-1.0, 1.0)
+        reward = -(new - self.goals[:, None, :]).norm(dim=-1)
+        return new, reward
+
+
+class GaussianPolicy(nn.Module):
+    """``a ~ N(mlp(position), diag(exp(log_std))^2)``: a Gaussian MLP policy, as in Finn et al. (2017)."""
+
+    def __init__(self, obs_dim: int = 2, act_dim: int = 2, hidden: Sequence[int] = (64, 64), init_std: float = 0.5) -> None:
+        super().__init__()
+        self.mean = mlp(obs_dim, act_dim, hidden, activation=nn.Tanh)
+        init_std = _check_finite_positive("init_std", init_std)
+        self.log_std = nn.Parameter(torch.full((check_positive_int("act_dim", act_dim),), math.log(init_std)))
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean ``[..., act_dim]`` and the log standard deviation broadcast to it."""
+        mean = self.mean(obs)
+        return mean, self.log_std.expand_as(mean)
+
+
+def task_params(policy: nn.Module, num_tasks: int) -> Params:
+    """The policy's parameters repeated per task, ``name -> [tasks, *shape]`` (differentiable in them)."""
+    check_positive_int("num_tasks", num_tasks)
+    return {n: p.unsqueeze(0).expand(num_tasks, *p.shape) for n, p in policy.named_parameters()}
+
+
+def distribution(policy: nn.Module, obs: Tensor, params: Params | None = None) -> Normal:
+    """The action distribution at ``obs`` ``[tasks, ...]``: shared weights, or per-task ``params``."""
+    if params is None:
+        mean, log_std = policy(obs)
+    else:
+        mean, log_std = vmap(lambda p, o: functional_call(policy, p, (o,)))(params, obs)
+    return Normal(mean, log_std.exp())
+
+
+@dataclass
+class Trajectories:
+    """Episodes of a batch of tasks: ``observations`` and ``actions`` ``[tasks, episodes, horizon, 2]``, ``rewards`` ``[tasks, episodes, horizon]``."""
+
+    observations: Tensor
+    actions: Tensor
+    rewards: Tensor
+
+    def returns(self) -> Tensor:
+        """Undiscounted return of every episode, ``[tasks, episodes]``."""
+        return self.rewards.sum(-1)
+
+
+@torch.no_grad()
+def rollout(
+    policy: nn.Module, env: PointNavigation, episodes: int, generator: torch.Generator, params: Params | None = None,
+    deterministic: bool = False,
+) -> Trajectories:
+    """Run ``episodes`` episodes per task of ``env`` with ``policy`` (per-task ``params`` if given).
+
+    Actions are drawn with ``generator``, so a rollout is reproducible; ``deterministic`` takes the
+    mean action instead. No gradient is recorded: :func:`reinforce_loss` recomputes log-probabilities.
+    """
+    if not isinstance(env, PointNavigation):
+        raise TypeError(f"env must be a PointNavigation, got {describe(env)}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}")
+    position = env.reset(episodes)
+    obs, acts, rews = [], [], []
+    for _ in range(env.horizon):
+        dist = distribution(policy, position, params)
+        noise = torch.randn(dist.mean.shape, generator=generator)
+        action = dist.mean if deterministic else dist.mean + dist.stddev * noise
+        obs.append(position)
+        acts.append(action)
+        position, reward = env.step(position, action)
+        rews.append(reward)
+    return Trajectories(torch.stack(obs, 2), torch.stack(acts, 2), torch.stack(rews, 2))
+
+
+def reward_to_go(rewards: Tensor, gamma: float = 1.0) -> Tensor:
+    """``G_t = sum_{s >= t} gamma^(s - t) r_s`` along the last dimension."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = rewards[..., t] + gamma * running
+        out[..., t] = running
+    return out
+
+
+def reinforce_loss(
+    policy: nn.Module, trajectories: Trajectories, params: Params | None = None, *, gamma: float = 1.0,
+    baseline: bool = True, normalize: bool = False,
+) -> Tensor:
+    """The REINFORCE surrogate loss of each task, ``[tasks]``; its gradient estimates ``-grad E[return]``.
+
+    ``-mean_episodes sum_t log pi(a_t | s_t) (G_t - b_t)`` with the reward-to-go ``G_t``. The
+    baseline ``b_t`` is the mean ``G_t`` of the task's *other* episodes (leave-one-out), which keeps
+    the estimator unbiased while cancelling most of its variance; it needs at least 2 episodes.
+    ``normalize`` rescales each task's advantages to unit standard deviation (biased in scale, but
+    makes one step size fit tasks whose rewards differ in scale).
+    """
+    if not isinstance(trajectories, Trajectories):
+        raise TypeError(f"trajectories must be Trajectories from rollout(), got {describe(trajectories)}")
+    if not (isinstance(gamma, (int, float)) and 0.0 <= gamma <= 1.0):
+        raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
+    G = reward_to_go(trajectories.rewards, float(gamma))
+    episodes = G.shape[1]
+    if baseline:
+        if episodes < 2:
+            raise ValueError(f"a leave-one-out baseline needs at least 2 episodes per task, got {episodes}")
+        G = G - (G.sum(1, keepdim=True) - G) / (episodes - 1)
+    if normalize:
+        G = G / (G.std(dim=(1, 2), keepdim=True) + 1e-8)
+    dist = distribution(policy, trajectories.observations, params)
+    log_prob = dist.log_prob(trajectories.actions).sum(-1)
+    return -(log_prob * G.detach()).sum(-1).mean(-1)
+
+
+def adapt_policy(
+    policy: nn.Module, env: PointNavigation, *, inner_lr: float, steps: int, episodes: int,
+    generator: torch.Generator, params: Params | None = None, create_graph: bool = False, normalize: bool = True,
+) -> list[Params]:
+    """``steps`` policy-gradient steps per task: the per-task parameters before and after each step.
+
+    Each step samples ``episodes`` episodes with the current per-task parameters, and moves them by
+    ``-inner_lr`` times the gradient of :func:`reinforce_loss`. With ``create_graph`` the steps stay
+    differentiable in the starting parameters (the MAML meta-gradient); without, they are detached.
+    Returns ``steps + 1`` dicts ``name -> [tasks, *shape]``.
+    """
+    check_lr("inner_lr", inner_lr)
+    check_steps("steps", steps)
+    current = params if params is not None else task_params(policy, len(env))
+    out = [current]
+    for _ in range(steps):
+        traj = rollout(policy, env, episodes, generator, current)
+        loss = reinforce_loss(policy, traj, current, normalize=normalize).sum()
+        names = list(current)
+        grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=create_graph)
+        current = {n: current[n] - inner_lr * g for n, g in zip(names, grads)}
+        if not create_graph:
+            current = {n: v.detach().requires_grad_() for n, v in current.items()}
+        out.append(current)
+    return out
