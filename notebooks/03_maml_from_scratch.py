@@ -52,7 +52,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
@@ -60,6 +60,7 @@ import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.data.regression import SinusoidTasks
+from mlhelpers.display import markdown_table
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
@@ -73,14 +74,6 @@ torch.set_num_threads(1)
 device = torch.device("cpu")
 print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {device}, quick mode {quick_mode()}")
 NOTEBOOK_START = time.perf_counter()
-
-
-def markdown_table(header, rows):
-    """A Markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return Markdown("\n".join(lines))
-
 
 # %% [markdown]
 # ## 3.1 MAML in a dozen lines

@@ -58,13 +58,14 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 
 import mlhelpers
 from mlhelpers import budget, pretrained, quick_mode, seed_everything
 from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.omniglot import load_omniglot
+from mlhelpers.display import markdown_table
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MAML, MatchingNet, NearestCentroid, ProtoNet, RelationNet
@@ -82,14 +83,6 @@ device = torch.device("cpu")
 print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {device}, quick mode {quick_mode()}")
 NOTEBOOK_START = time.perf_counter()
 omniglot = load_omniglot()
-
-
-def markdown_table(header, rows):
-    """A Markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return Markdown("\n".join(lines))
-
 
 # %% [markdown]
 # ## 4.1 A prototype per class

@@ -56,7 +56,7 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 from tqdm import tqdm  # text bars, as mlhelpers.training uses: readable in stored outputs
 
@@ -64,6 +64,7 @@ import mlhelpers
 from mlhelpers import Task, budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.data.regression import LinearTasks
+from mlhelpers.display import markdown_table
 from mlhelpers.episodes import EpisodicSampler, TaskSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import MAML, CausalTransformer, InContextLearner, ProtoNet
@@ -85,14 +86,6 @@ torch.set_num_threads(1)  # small models: one thread each is fastest on a shared
 device = mlhelpers.default_device()
 print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {device}, quick mode {quick_mode()}")
 NOTEBOOK_START = time.perf_counter()
-
-
-def markdown_table(header, rows):
-    """A Markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return Markdown("\n".join(lines))
-
 
 # %% [markdown]
 # ## 5.1 A task as a sequence

@@ -52,13 +52,14 @@ import time
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import Markdown, display
+from IPython.display import display
 from torch import nn
 
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import OMNIGLOT_SPLITS, load_omniglot
+from mlhelpers.display import markdown_table
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import MAML, NearestCentroid, ProtoNet, feature_mean, pretrain_classifier
@@ -74,13 +75,6 @@ NOTEBOOK_START = time.perf_counter()
 omniglot = load_omniglot()
 for split, alphabets in OMNIGLOT_SPLITS.items():
     print(f"{split:5s}: {len(omniglot.classes_of(split)):3d} characters from {', '.join(alphabets)}")
-
-
-def markdown_table(header, rows):
-    """A Markdown table from a header and rows of already formatted cells."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return Markdown("\n".join(lines))
 
 
 def pct(x):

@@ -23,6 +23,7 @@ from conftest import make_dataset
 from mlhelpers import pretrained
 from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
+from mlhelpers.display import markdown_table
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
@@ -374,6 +375,8 @@ TRIGGERS: dict[str, Callable] = {
     # Plotting, seeding, configuration
     "plot-task": lambda: show_episode({"support_x": 1}),
     "plot-kind": lambda: plot_regression_tasks(image_task()),
+    "table-header": lambda: markdown_table([], []),
+    "table-row": lambda: markdown_table(["learner", "accuracy"], [("MAML", "56.2", "extra")]),
     "seed-type": lambda: seed_everything(1.5),
     "seed-range": lambda: seed_everything(-3),
     "quick-mode-override": lambda: set_quick_mode("yes"),
