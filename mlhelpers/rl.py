@@ -31,17 +31,9 @@ from torch.distributions import Normal
 from torch.func import functional_call, vmap
 
 from mlhelpers.models import mlp
-from mlhelpers.validation import check_lr, check_positive_int, check_steps, describe
+from mlhelpers.validation import check_positive, check_positive_int, check_steps, describe
 
 Params = dict[str, Tensor]
-
-
-def _check_finite_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {describe(value)}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def sample_goals(num_tasks: int, generator: torch.Generator, low: float = -0.5, high: float = 0.5) -> Tensor:
@@ -71,7 +63,7 @@ class PointNavigation:
             raise ValueError("goals must be finite numbers, got NaN or infinity")
         self.goals = goals
         self.horizon = check_positive_int("horizon", horizon)
-        self.step_size = _check_finite_positive("step_size", step_size)
+        self.step_size = check_positive("step_size", step_size)
 
     def __len__(self) -> int:
         return self.goals.shape[0]
@@ -99,7 +91,7 @@ class GaussianPolicy(nn.Module):
     def __init__(self, obs_dim: int = 2, act_dim: int = 2, hidden: Sequence[int] = (64, 64), init_std: float = 0.5) -> None:
         super().__init__()
         self.mean = mlp(obs_dim, act_dim, hidden, activation=nn.Tanh)
-        init_std = _check_finite_positive("init_std", init_std)
+        init_std = check_positive("init_std", init_std)
         self.log_std = nn.Parameter(torch.full((check_positive_int("act_dim", act_dim),), math.log(init_std)))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -213,7 +205,7 @@ def adapt_policy(
     differentiable in the starting parameters (the MAML meta-gradient); without, they are detached.
     Returns ``steps + 1`` dicts ``name -> [tasks, *shape]``.
     """
-    check_lr("inner_lr", inner_lr)
+    check_positive("inner_lr", inner_lr)
     check_steps("steps", steps)
     current = params if params is not None else task_params(policy, len(env))
     out = [current]

@@ -32,12 +32,23 @@ def check_steps(name: str, value: Any) -> int:
     return value
 
 
-def check_lr(name: str, value: Any) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, else raise naming ``name``."""
+def check_positive(name: str, value: Any) -> float:
+    """Return ``value`` as a float if it is a finite number > 0 (a learning rate, a step size, a
+    standard deviation), else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a positive number, got {type(value).__name__} {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_number(name: str, value: Any, *, minimum: float | None = None) -> float:
+    """Return ``value`` as a float if it is a finite number (``>= minimum``), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        expected = f">= {minimum:g} (a finite number)" if minimum is not None else "a finite number"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return float(value)
 
 

@@ -34,11 +34,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mlhelpers.data.regression import _check_number
 from mlhelpers.episodes import TaskSampler
 from mlhelpers.seeding import make_generator
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int, describe
+from mlhelpers.validation import check_number, check_positive_int, describe
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 """Where :func:`load_movielens` downloads from (about 1 MB, 100,836 ratings of 610 users)."""
@@ -75,7 +74,7 @@ class RatingTasks(TaskSampler):
         self.q_query = check_positive_int("q_query", q_query)
         self.n_items = check_positive_int("n_items", n_items)
         self.dim = check_positive_int("dim", dim)
-        self.noise_std = _check_number("noise_std", noise_std, minimum=0.0)
+        self.noise_std = check_number("noise_std", noise_std, minimum=0.0)
         if self.k_shot + self.q_query > self.n_items:
             raise ValueError(
                 f"k_shot + q_query = {self.k_shot + self.q_query} items per user, but the catalogue "

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mlhelpers.episodes import TaskSampler
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_number, check_positive_int
 
 
 def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
@@ -30,16 +30,6 @@ def _check_range(name: str, value: tuple[float, float]) -> tuple[float, float]:
     if not (math.isfinite(low) and math.isfinite(high) and low <= high):
         raise ValueError(f"{name} must be (low, high) with finite low <= high, got {value}")
     return low, high
-
-
-def _check_number(name: str, value: float, *, minimum: float | None = None) -> float:
-    """``value`` as a float if it is a finite number (``>= minimum``), else an error naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        expected = f">= {minimum:g} (a finite number)" if minimum is not None else "a finite number"
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return float(value)
 
 
 def _uniform(shape: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator) -> Tensor:
@@ -115,8 +105,8 @@ class LinearTasks(TaskSampler):
         self.dim = check_positive_int("dim", dim)
         self.k_shot = check_positive_int("k_shot", k_shot)
         self.q_query = check_positive_int("q_query", q_query)
-        self.noise_std = _check_number("noise_std", noise_std, minimum=0.0)
-        self.x_scale = _check_number("x_scale", x_scale)
+        self.noise_std = check_number("noise_std", noise_std, minimum=0.0)
+        self.x_scale = check_number("x_scale", x_scale)
 
     def _sample(self, num_tasks: int) -> Task:
         g = self.generator

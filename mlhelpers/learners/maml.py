@@ -87,7 +87,7 @@ from mlhelpers.learners.functional import (
 )
 from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_lr, check_steps
+from mlhelpers.validation import check_positive, check_steps
 
 
 class GradientLearner(MetaLearner):
@@ -255,7 +255,7 @@ class MAML(GradientLearner):
     ) -> None:
         super().__init__(model, inner_steps=inner_steps, first_order=first_order,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
-        self.inner_lr = check_lr("inner_lr", inner_lr)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
 
     def inner_lrs(self) -> dict[str, float]:
         return {n: self.inner_lr for n in self.adapt_names()}
@@ -289,7 +289,7 @@ class MetaSGD(GradientLearner):
     ) -> None:
         super().__init__(model, inner_steps=inner_steps, first_order=first_order,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
-        lr = check_lr("inner_lr_init", inner_lr_init)
+        lr = check_positive("inner_lr_init", inner_lr_init)
         self._names = super().adapt_names()
         self.learned_lrs = nn.ParameterDict(
             {_lr_key(n): nn.Parameter(torch.full_like(p.detach(), lr))
@@ -339,7 +339,7 @@ class ANIL(GradientLearner):
         if isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= len(model):
             raise ValueError(f"head must be an int between 1 and len(model)={len(model)}, got {head!r}")
         self.head = head
-        self.inner_lr = check_lr("inner_lr", inner_lr)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
         names = self.adapt_names()
         if not names:
             raise ValueError(f"the last {head} children of model have no trainable parameters to adapt")

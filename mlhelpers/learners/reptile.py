@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from mlhelpers.learners.base import task_loss
 from mlhelpers.learners.maml import GradientLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_lr
+from mlhelpers.validation import check_positive
 
 
 class Reptile(GradientLearner):
@@ -54,7 +54,7 @@ class Reptile(GradientLearner):
     ) -> None:
         super().__init__(model, inner_steps=inner_steps, first_order=True,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
-        self.inner_lr = check_lr("inner_lr", inner_lr)
+        self.inner_lr = check_positive("inner_lr", inner_lr)
         if not isinstance(use_query, bool):
             raise TypeError(f"use_query must be a bool, got {type(use_query).__name__} {use_query!r}")
         self.use_query = use_query
