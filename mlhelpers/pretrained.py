@@ -35,6 +35,7 @@ test-time averaging), Chapter 4's reference for what those add.
 from __future__ import annotations
 
 import io
+import math
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -235,6 +236,24 @@ def _images(images: Tensor, name: str) -> Tensor:
     return images
 
 
+LR_SCHEDULES = ("step", "cosine")
+"""The learning-rate schedules :func:`train_member` knows (see :func:`lr_schedule`)."""
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, kind: str) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning-rate schedule of a ``steps``-step run, stepped once per optimizer step.
+
+    ``"step"``: the rate halves at 1/3 and again at 2/3 of the run. ``"cosine"``: it follows
+    ``0.5 * (1 + cos(pi * t / steps))`` times the initial rate, from the full rate down to 0 at the end.
+    """
+    if kind == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, [steps // 3, 2 * steps // 3], gamma=0.5)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
+    raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+
+
 def train_member(
     omniglot: LabelledDataset,
     *,
@@ -246,6 +265,8 @@ def train_member(
     augment: bool = True,
     channels: int = 64,
     lr: float = 1e-3,
+    schedule: str = "step",
+    distortion: dict[str, float] | None = None,
     split: str = "train",
     log_every: int = 500,
     val_every: int = 1000,
@@ -253,19 +274,24 @@ def train_member(
     """Meta-train one ProtoNet backbone (conv4) with the protocol of Snell et al. 2017; return it in eval mode.
 
     ``ways``-way ``shots``-shot episodes of ``split`` with rotations as new classes, one episode per
-    Adam step, learning rate ``lr`` halved at 1/3 and 2/3 of the run; with ``augment`` every image
-    gets its own small random affine distortion (:class:`~mlhelpers.data.augment.AugmentedSampler`).
+    Adam step at learning rate ``lr``, halved at 1/3 and 2/3 of the run (``schedule="step"``) or
+    decayed to 0 along a half cosine (``schedule="cosine"``). With ``augment`` every image gets its
+    own small random affine distortion (:class:`~mlhelpers.data.augment.AugmentedSampler`), whose
+    strength ``distortion`` sets (keyword arguments of
+    :func:`~mlhelpers.data.augment.random_affine`, e.g. ``{"max_rotate": 15}``; None: its defaults).
     Every ``val_every`` steps (0: never) it prints the within-alphabet 20-way 1-shot accuracy on 300
     meta-validation episodes; printing and validation do not change the result.
     """
+    if distortion and not augment:
+        raise ValueError(f"distortion={distortion} sets the strength of augmentation, but augment=False")
     seed_everything(seed)
     backbone = conv4(hidden_channels=channels, norm="batch")
     learner = ProtoNet(backbone)
     sampler = EpisodicSampler(omniglot, ways, shots, queries, split, rotations=True, seed=seed + 1000)
     if augment:
-        sampler = AugmentedSampler(sampler, seed=seed + 2000)
+        sampler = AugmentedSampler(sampler, seed=seed + 2000, **(distortion or {}))
     optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [steps // 3, 2 * steps // 3], gamma=0.5)
+    scheduler = lr_schedule(optimizer, steps, schedule)
     learner.train()
     start, recent = time.perf_counter(), []
     for step in range(1, steps + 1):
@@ -273,7 +299,7 @@ def train_member(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        schedule.step()
+        scheduler.step()
         recent.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps):
             print(f"  seed {seed} step {step}/{steps}: loss {sum(recent) / len(recent):.3f} "
@@ -295,7 +321,8 @@ def train_ensemble(omniglot: LabelledDataset, config: dict, first_member: int = 
     """Train ``config["members"]`` backbones with :func:`train_member` (member ``i`` seeded ``10 * i``).
 
     ``config`` holds ``steps``, ``ways``, ``shots``, ``queries``, ``augment``, ``channels``,
-    ``members`` and ``tta_shift``, as stored in a saved learner's ``config``; ``kwargs`` go to
+    ``members`` and ``tta_shift``, and optionally ``schedule`` and ``distortion`` (defaults of
+    :func:`train_member` when absent), as stored in a saved learner's ``config``; ``kwargs`` go to
     :func:`train_member` (logging only). The CPU seconds of each member are added to the returned
     learner's ``config["cpu_seconds"]`` (their sum).
     """
@@ -304,7 +331,8 @@ def train_ensemble(omniglot: LabelledDataset, config: dict, first_member: int = 
         start = time.process_time()
         members.append(train_member(omniglot, seed=10 * i, steps=config["steps"], ways=config["ways"],
                                     shots=config["shots"], queries=config["queries"], augment=config["augment"],
-                                    channels=config["channels"], **kwargs))
+                                    channels=config["channels"], schedule=config.get("schedule", "step"),
+                                    distortion=config.get("distortion"), **kwargs))
         cpu.append(time.process_time() - start)
     learner = EnsembleProtoNet(members, tta_shift=config["tta_shift"]).eval()
     learner.config = dict(config, cpu_seconds=sum(cpu))

@@ -25,7 +25,7 @@ import torch
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
-from mlhelpers.pretrained import EnsembleProtoNet, load_file, save, train_ensemble, within_alphabet
+from mlhelpers.pretrained import LR_SCHEDULES, EnsembleProtoNet, load_file, save, train_ensemble, within_alphabet
 
 
 def main() -> None:
@@ -38,6 +38,11 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--max-rotate", type=float, help="augmentation strength (degrees; default: random_affine's)")
+    parser.add_argument("--max-scale", type=float)
+    parser.add_argument("--max-shift", type=float)
+    parser.add_argument("--max-shear", type=float)
+    parser.add_argument("--schedule", choices=LR_SCHEDULES, default="step", help="learning-rate schedule")
     parser.add_argument("--tta-shift", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--test", action="store_true", help="also report meta-test accuracy")
@@ -57,6 +62,12 @@ def main() -> None:
         config = {"steps": args.steps, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                   "augment": args.augment, "channels": args.channels, "members": args.members,
                   "tta_shift": args.tta_shift}
+        if args.schedule != "step":  # only what differs from the defaults, so older configs stay as they were
+            config["schedule"] = args.schedule
+        distortion = {name: getattr(args, name) for name in ("max_rotate", "max_scale", "max_shift", "max_shear")
+                      if getattr(args, name) is not None}
+        if distortion:
+            config["distortion"] = distortion
         learner = train_ensemble(omniglot, config, first_member=args.first_member)
     save(learner, args.out, learner.config)
     learner = load_file(args.out)  # evaluate exactly what was saved (float16 weights)

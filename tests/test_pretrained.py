@@ -1,5 +1,7 @@
 """The learner shipped with the package: mlhelpers.pretrained (Chapter 4)."""
 
+import math
+
 import pytest
 import torch
 
@@ -134,3 +136,30 @@ def test_weights_are_declared_package_data_and_small():
         path = Path(str(files("mlhelpers").joinpath("assets", info.file)))
         total += path.stat().st_size
     assert total <= 3 * 1024 * 1024, total
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("step", [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25]),
+    ("cosine", [0.5 * (1 + math.cos(math.pi * t / 9)) for t in range(9)]),
+])
+def test_lr_schedules(kind, expected):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    scheduler = pretrained.lr_schedule(optimizer, 9, kind)
+    rates = []
+    for _ in range(9):
+        rates.append(optimizer.param_groups[0]["lr"] / 2.0)
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(expected)
+    if kind == "cosine":
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # after the last step
+
+
+def test_distortion_strength_changes_training_and_needs_augment():
+    omniglot = load_omniglot()
+    train = lambda **kw: pretrained.train_member(omniglot, seed=0, steps=3, ways=5, channels=4,  # noqa: E731
+                                                 log_every=0, val_every=0, **kw)
+    default, stronger = train(), train(distortion={"max_rotate": 40.0, "max_shear": 0.4})
+    assert not torch.equal(default[0][0].weight, stronger[0][0].weight)
+    with pytest.raises(ValueError, match="augment=False"):
+        train(augment=False, distortion={"max_rotate": 40.0})
