@@ -418,8 +418,9 @@ plt.show()
 # Network, `mlhelpers.pretrained.load("protonet-omniglot-plain")`: a conv4 meta-trained on four
 # alphabets (Japanese katakana, Korean, Latin, Tagalog) with quarter-turn rotations of the
 # characters as extra classes and no other distortion. We use it rather than the ensemble because
-# the ensemble averages over two networks and nine shifted copies of every image, which makes it
-# about 18 times slower per episode and blurs what a single network does under each corruption.
+# the ensemble averages over three networks and five shifted views of every image, fifteen times
+# the arithmetic per episode, and because its training distortions (small rotations, shears)
+# would blur what a network that never saw them does under each corruption.
 # We test it on 5-way 1-shot episodes in two ways:
 #
 # - **other alphabets**: characters of each of the eight alphabets, including the two validation
