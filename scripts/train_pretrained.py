@@ -2,14 +2,16 @@
 
 The exact commands are in :data:`mlhelpers.pretrained.PRETRAINED`; for ``"protonet-omniglot"``::
 
-    OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --steps 2000 --augment --out aug.pt
-    OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --steps 2000 --out plain.pt
-    python scripts/train_pretrained.py --combine aug.pt plain.pt --tta-shift 1 --test \\
+    for i in 0 1 2; do
+        OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --first-member $i --steps 4000 \\
+            --augment --max-rotate 15 --max-scale 0.15 --max-shift 0.1 --max-shear 0.2 --schedule cosine \\
+            --out member$i.pt
+    done
+    python scripts/train_pretrained.py --combine member0.pt member1.pt member2.pt --tta-shift 1 --test \\
         --out mlhelpers/assets/protonet_omniglot.pt
 
-(``plain.pt`` is also shipped, as ``protonet-omniglot-plain``.) Member ``i`` of a run is seeded
-``10 * i`` alone (``--first-member`` picks ``i``), so members trained in parallel and joined with
-``--combine`` equal one run's (on the CPU, one thread).
+Member ``i`` of a run is seeded ``10 * i`` alone (``--first-member`` picks ``i``), so members
+trained in parallel and joined with ``--combine`` equal one run's (on the CPU, one thread).
 
 Only the meta-training alphabets are trained on. The script then reports within-alphabet 20-way
 1-shot accuracy on the meta-validation alphabets (what the choice between variants was based on)
