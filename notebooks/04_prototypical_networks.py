@@ -603,8 +603,8 @@ print(f"chosen learner, within-alphabet 20-way 1-shot on the meta-test alphabets
 # Longer training did the most at first (300 to 2,000 steps took the error from 21.8% to 15.1%);
 # augmentation with a longer, annealed run took off four more points (11.1%); test-time averaging
 # and the ensemble of three networks each took off about one more, to 9.6% for the ensemble with
-# test-time averaging (the rows' 95% intervals are about half a point wide, so the last steps are
-# small but the ordering is stable). The best variant is what `pretrained.load()` ships. Its
+# test-time averaging (the rows' 95% intervals are about half a point wide, so these last steps
+# are each within the noise; together they are worth a point and a half). The best variant is what `pretrained.load()` ships. Its
 # validation error is still twice people's, and its meta-test error, printed above, is where the
 # honest answer lies: **35%, far above people's 4.5% and also above the 22-24% of Lake et al.'s
 # convnet**, and much worse than on the validation alphabets. The levers did not close the gap to
