@@ -336,8 +336,8 @@ def train_ensemble(omniglot: LabelledDataset, config: dict, first_member: int = 
         start = time.process_time()
         members.append(train_member(omniglot, seed=10 * i, steps=config["steps"], ways=config["ways"],
                                     shots=config["shots"], queries=config["queries"], augment=config["augment"],
-                                    channels=config["channels"], schedule=config.get("schedule", "step"),
-                                    distortion=config.get("distortion"), **kwargs))
+                                    channels=config["channels"],
+                                    **{k: config[k] for k in ("schedule", "distortion") if k in config}, **kwargs))
         cpu.append(time.process_time() - start)
     learner = EnsembleProtoNet(members, tta_shift=config["tta_shift"]).eval()
     learner.config = dict(config, cpu_seconds=sum(cpu))

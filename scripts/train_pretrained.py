@@ -1,14 +1,7 @@
 """Train the Prototypical Network ensembles shipped in ``mlhelpers/assets`` (see :mod:`mlhelpers.pretrained`).
 
-The exact commands are in :data:`mlhelpers.pretrained.PRETRAINED`; for ``"protonet-omniglot"``::
-
-    for i in 0 1 2; do
-        OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --first-member $i --steps 4000 \\
-            --augment --max-rotate 15 --max-scale 0.15 --max-shift 0.1 --max-shear 0.2 --schedule cosine \\
-            --out member$i.pt
-    done
-    python scripts/train_pretrained.py --combine member0.pt member1.pt member2.pt --tta-shift 1 --test \\
-        --out mlhelpers/assets/protonet_omniglot.pt
+The exact commands that made the shipped files are in :data:`mlhelpers.pretrained.PRETRAINED` (each
+entry's ``command``) and in ``mlhelpers/assets/README.md``, with how the recipe was chosen.
 
 Member ``i`` of a run is seeded ``10 * i`` alone (``--first-member`` picks ``i``), so members
 trained in parallel and joined with ``--combine`` equal one run's (on the CPU, one thread).
@@ -44,7 +37,7 @@ def main() -> None:
     parser.add_argument("--max-scale", type=float)
     parser.add_argument("--max-shift", type=float)
     parser.add_argument("--max-shear", type=float)
-    parser.add_argument("--schedule", choices=LR_SCHEDULES, default="step", help="learning-rate schedule")
+    parser.add_argument("--schedule", choices=LR_SCHEDULES, help="learning-rate schedule (default: train_member's)")
     parser.add_argument("--tta-shift", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--test", action="store_true", help="also report meta-test accuracy")
@@ -64,7 +57,7 @@ def main() -> None:
         config = {"steps": args.steps, "ways": args.ways, "shots": args.shots, "queries": args.queries,
                   "augment": args.augment, "channels": args.channels, "members": args.members,
                   "tta_shift": args.tta_shift}
-        if args.schedule != "step":  # only what differs from the defaults, so older configs stay as they were
+        if args.schedule is not None:  # only what was asked for, so older configs stay as they were
             config["schedule"] = args.schedule
         distortion = {name: getattr(args, name) for name in ("max_rotate", "max_scale", "max_shift", "max_shear")
                       if getattr(args, name) is not None}
