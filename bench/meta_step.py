@@ -12,7 +12,10 @@ memory of one step. The script prints, in one run, the wall time per meta-step a
 ours, the CPU time, the peak resident memory a step adds (``VmHWM`` after a reset), the largest meta-gradient difference from the plain loop (relative
 to the largest gradient entry), and the fraction of the machine's arithmetic peak that our
 learner reaches (FLOPs counted by ``torch.utils.flop_counter``; peak = the measured rate of a
-large float32 matrix product with all threads). Chapter 3 shows the table it writes.
+large float32 matrix product with all threads). One more row, ``floor``, is a lower bound rather
+than an implementation: the forward and backward pass over every task's query set with the
+initial weights and no adaptation, which every meta-step does too (with adapted weights). Chapter 3
+shows the table it writes.
 
 Peers are installed on first use into ``bench/.peers`` (pip ``--target``: a separate directory
 on the peers' ``sys.path`` only, never the book's environment). learn2learn 0.2.0 ships C sources
@@ -23,6 +26,7 @@ Usage (about 15 minutes on a quiet 2-core CPU)::
 
     python bench/meta_step.py                 # writes bench/results.md and bench/results.json
     python bench/meta_step.py --tasks 8 --repeats 1 --settings so1   # a quick look
+    python bench/meta_step.py --impls ours-loop,plain,floor --no-install --out /tmp/r   # some rows
 """
 
 from __future__ import annotations
@@ -51,12 +55,14 @@ SETTINGS = {  # key: (label, inner steps, first order)
 IMPLEMENTATIONS = {  # key: (label, needs peers on the path)
     "ours": ("mlhelpers MAML (strategy threads)", False),
     "ours-loop": ("mlhelpers MAML (strategy loop, the default)", False),
+    "floor": ("bound: the query pass alone, no adaptation", False),
     "plain": ("plain per-task torch.autograd loop", False),
     "plain-1t": ("plain per-task loop, one thread", False),
     "higher": ("higher 0.2.1", True),
     "learn2learn": ("learn2learn 0.2.0", True),
 }
 REFERENCE = "plain"
+BOUND = "floor"  # not an implementation of the meta-step: a lower bound for all of them
 INNER_LR = 0.4
 
 # --- what runs in each subprocess -------------------------------------------------------------
@@ -88,6 +94,13 @@ def plain():
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = {n: p - alpha * g for (n, p), g in zip(fast.items(), grads)}
         (F.cross_entropy(functional_call(model, fast, (batch.query_x[i],)), batch.query_y[i]) / tasks).backward()
+
+
+def floor():
+    # Not a meta-step: the forward and backward pass over each task's query set with the initial
+    # weights, which every implementation must do (with adapted weights). A lower bound.
+    for i in range(tasks):
+        (F.cross_entropy(model(batch.query_x[i]), batch.query_y[i]) / tasks).backward()
 
 
 def make_higher():
@@ -125,7 +138,8 @@ def make_ours(strategy):
 if impl == "plain-1t":
     torch.set_num_threads(1)
 run = {"plain": lambda: plain, "plain-1t": lambda: plain, "higher": make_higher, "learn2learn": make_learn2learn,
-       "ours": lambda: make_ours("threads"), "ours-loop": lambda: make_ours("loop")}[impl]()
+       "ours": lambda: make_ours("threads"), "ours-loop": lambda: make_ours("loop"),
+       "floor": lambda: floor}[impl]()
 
 
 def step():
@@ -263,6 +277,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=32, help="meta-batch size (default 32)")
     parser.add_argument("--repeats", type=int, default=2, help="timed meta-steps per implementation")
     parser.add_argument("--settings", default="so1,so5,fo1", help="comma-separated subset of " + ",".join(SETTINGS))
+    parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS),
+                        help="comma-separated subset of " + ",".join(IMPLEMENTATIONS) + " (must include plain and ours-loop)")
     parser.add_argument("--no-install", action="store_true", help="skip peers that are not installed")
     parser.add_argument("--out", default=str(HERE / "results"), help="write OUT.md and OUT.json")
     parser.add_argument("--high-priority", action="store_true",
@@ -278,7 +294,7 @@ def main() -> None:
     settings = args.settings.split(",")
 
     skipped = ensure_peers(install=not args.no_install)
-    impls = [i for i in IMPLEMENTATIONS if i not in skipped]
+    impls = [i for i in args.impls.split(",") if i not in skipped]
     peak = float(subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True).stdout)
     print(f"measured arithmetic peak: {peak / 1e9:.0f} GFLOP/s (float32 2048x2048 matmul)", flush=True)
 
@@ -293,32 +309,36 @@ def main() -> None:
                       f"({time.perf_counter() - start:.0f} s with warm-up)", flush=True)
             for impl in impls:
                 r = results[setting, impl]
-                r["grad_diff"] = max_relative_difference(r.pop("grads_file"), results[setting, REFERENCE]["grads_file"]) \
-                    if impl != REFERENCE else 0.0
-            results[setting, REFERENCE].pop("grads_file")
+                r["grad_diff"] = None if impl in (REFERENCE, BOUND) else \
+                    max_relative_difference(r["grads_file"], results[setting, REFERENCE]["grads_file"])
+            for impl in impls:
+                results[setting, impl].pop("grads_file", None)
 
     load_after = os.getloadavg()[0]
     header = ["setting", "implementation", "wall s / step", "x ours", "CPU s / step", "peak memory MB",
               "max grad diff", "share of peak"]
     rows, summary = [], []
-    ours_keys = ("ours", "ours-loop")
+    ours_keys = [key for key in ("ours", "ours-loop") if key in impls]
     for setting in settings:
         walls = {impl: statistics.mean(results[setting, impl]["wall"]) for impl in impls}
         best_ours = min(ours_keys, key=walls.get)
-        peers = [impl for impl in impls if impl not in ours_keys]
+        peers = [impl for impl in impls if impl not in ours_keys and impl != BOUND]
         fastest_peer = min(peers, key=walls.get)
         flops = results[setting, "ours-loop"]["flops"]
         for impl in impls:
             r = results[setting, impl]
             rows.append([SETTINGS[setting][0], IMPLEMENTATIONS[impl][0], f"{walls[impl]:.2f}",
                          f"{walls[impl] / walls[best_ours]:.2f}", f"{statistics.mean(r['cpu']):.2f}",
-                         f"{r['peak_mb']:.0f}", f"{r['grad_diff']:.1e}", f"{flops / walls[impl] / peak:.0%}"])
+                         f"{r['peak_mb']:.0f}", "-" if impl == BOUND else f"{r['grad_diff'] or 0:.1e}",
+                         "-" if impl == BOUND else f"{flops / walls[impl] / peak:.0%}"])
         summary.append(f"{SETTINGS[setting][0]}: fastest peer {IMPLEMENTATIONS[fastest_peer][0]} "
                        f"{walls[fastest_peer]:.2f} s, ours ({IMPLEMENTATIONS[best_ours][0]}) {walls[best_ours]:.2f} s: "
-                       f"{walls[fastest_peer] / walls[best_ours]:.2f}x (goal: 1.5x).")
+                       f"{walls[fastest_peer] / walls[best_ours]:.2f}x (goal: 1.5x, that is "
+                       f"{walls[fastest_peer] / 1.5:.2f} s)." + (
+                           f" The query pass alone, without adaptation, takes {walls[BOUND]:.2f} s." if BOUND in impls else ""))
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(row) + " |" for row in rows])
-    threads = results[settings[0], "ours"]["threads"]
+    threads = results[settings[0], "ours-loop"]["threads"]
     notes = [f"{args.tasks} tasks of 5-way 1-shot, 15 queries per class, conv4 with 64 channels; "
              f"{args.repeats} timed meta-steps after a warm-up, {threads} threads "
              f"(PyTorch's default on this {os.cpu_count()}-core machine) except the one-thread loop; "

@@ -657,48 +657,58 @@ plt.show()
 # [`learn2learn`](https://github.com/learnables/learn2learn), each in a fresh process on the same
 # weights and tasks. It checks that all compute the same meta-gradient, measures the memory a step
 # adds, and divides the arithmetic of a step (counted by `torch.utils.flop_counter`) by its time and
-# by the machine's measured peak (a large matrix product: about 320 GFLOP/s on these two cores).
+# by the machine's measured peak (a large matrix product: about 215 GFLOP/s on these two cores in
+# this run). One row is not a meta-step but a **bound**: the forward and backward pass over the 32
+# query sets alone, with no adaptation at all, which every implementation has to do (with adapted
+# weights instead of the initial ones) on top of its inner loop.
 # It takes about a quarter of an hour, so it runs outside the notebook:
 # `python bench/meta_step.py --high-priority` from a clone of the repository (the flag lets the
-# benchmark run ahead of other jobs on a shared machine). Its last run:
+# benchmark run ahead of other jobs on a shared machine). Its last run, on an otherwise idle machine:
 #
 # | setting | implementation | wall s / step | x ours | CPU s / step | peak memory MB | max grad diff | share of peak |
 # |---|---|---|---|---|---|---|---|
-# | second order, 1 inner step | mlhelpers MAML (strategy threads) | 2.28 | 1.00 | 4.27 | 137 | 8.6e-06 | 23% |
-# | second order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 2.43 | 1.07 | 4.59 | 1865 | 3.1e-07 | 21% |
-# | second order, 1 inner step | plain per-task torch.autograd loop | 2.95 | 1.30 | 5.59 | 64 | 0.0e+00 | 18% |
-# | second order, 1 inner step | plain per-task loop, one thread | 4.14 | 1.82 | 4.13 | 64 | 8.6e-06 | 13% |
-# | second order, 1 inner step | higher 0.2.1 | 3.23 | 1.42 | 6.08 | 65 | 0.0e+00 | 16% |
-# | second order, 1 inner step | learn2learn 0.2.0 | 2.96 | 1.30 | 5.54 | 64 | 0.0e+00 | 18% |
-# | second order, 5 inner steps | mlhelpers MAML (strategy threads) | 4.25 | 1.00 | 7.76 | 178 | 2.4e-05 | 20% |
-# | second order, 5 inner steps | mlhelpers MAML (strategy loop, the default) | 5.13 | 1.21 | 9.61 | 2629 | 2.4e-07 | 17% |
-# | second order, 5 inner steps | plain per-task torch.autograd loop | 5.70 | 1.34 | 10.69 | 87 | 0.0e+00 | 15% |
-# | second order, 5 inner steps | plain per-task loop, one thread | 7.65 | 1.80 | 7.63 | 86 | 2.4e-05 | 11% |
-# | second order, 5 inner steps | higher 0.2.1 | 5.43 | 1.28 | 10.17 | 88 | 0.0e+00 | 16% |
-# | second order, 5 inner steps | learn2learn 0.2.0 | 5.19 | 1.22 | 9.72 | 89 | 0.0e+00 | 17% |
-# | first order, 1 inner step | mlhelpers MAML (strategy threads) | 1.95 | 1.05 | 3.49 | 124 | 1.7e-05 | 24% |
-# | first order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 1.86 | 1.00 | 3.49 | 1682 | 1.9e-07 | 25% |
-# | first order, 1 inner step | plain per-task torch.autograd loop | 2.59 | 1.39 | 4.85 | 59 | 0.0e+00 | 18% |
-# | first order, 1 inner step | plain per-task loop, one thread | 3.32 | 1.78 | 3.32 | 58 | 1.7e-05 | 14% |
-# | first order, 1 inner step | higher 0.2.1 | 2.30 | 1.23 | 4.34 | 59 | 0.0e+00 | 20% |
-# | first order, 1 inner step | learn2learn 0.2.0 | 1.96 | 1.05 | 3.71 | 58 | 0.0e+00 | 24% |
+# | second order, 1 inner step | mlhelpers MAML (strategy threads) | 1.45 | 1.14 | 2.81 | 138 | 8.3e-06 | 53% |
+# | second order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 1.27 | 1.00 | 2.52 | 1864 | 2.1e-07 | 61% |
+# | second order, 1 inner step | bound: the query pass alone, no adaptation | 1.03 | 0.81 | 2.03 | 57 | - | - |
+# | second order, 1 inner step | plain per-task torch.autograd loop | 1.63 | 1.28 | 3.22 | 64 | 0.0e+00 | 48% |
+# | second order, 1 inner step | plain per-task loop, one thread | 3.11 | 2.45 | 3.11 | 64 | 8.3e-06 | 25% |
+# | second order, 1 inner step | higher 0.2.1 | 1.66 | 1.31 | 3.30 | 64 | 0.0e+00 | 47% |
+# | second order, 1 inner step | learn2learn 0.2.0 | 1.62 | 1.27 | 3.21 | 64 | 0.0e+00 | 48% |
+# | second order, 5 inner steps | mlhelpers MAML (strategy threads) | 2.28 | 1.00 | 4.44 | 183 | 1.9e-05 | 57% |
+# | second order, 5 inner steps | mlhelpers MAML (strategy loop, the default) | 2.78 | 1.22 | 5.54 | 2628 | 3.0e-07 | 46% |
+# | second order, 5 inner steps | bound: the query pass alone, no adaptation | 1.03 | 0.45 | 2.02 | 57 | - | - |
+# | second order, 5 inner steps | plain per-task torch.autograd loop | 3.36 | 1.48 | 6.66 | 88 | 0.0e+00 | 38% |
+# | second order, 5 inner steps | plain per-task loop, one thread | 4.25 | 1.87 | 4.24 | 86 | 1.9e-05 | 30% |
+# | second order, 5 inner steps | higher 0.2.1 | 3.20 | 1.41 | 6.37 | 88 | 0.0e+00 | 40% |
+# | second order, 5 inner steps | learn2learn 0.2.0 | 2.86 | 1.26 | 5.70 | 89 | 0.0e+00 | 45% |
+# | first order, 1 inner step | mlhelpers MAML (strategy threads) | 1.21 | 1.15 | 2.33 | 128 | 1.6e-05 | 57% |
+# | first order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 1.06 | 1.00 | 2.10 | 1683 | 2.8e-07 | 65% |
+# | first order, 1 inner step | bound: the query pass alone, no adaptation | 0.97 | 0.92 | 1.93 | 57 | - | - |
+# | first order, 1 inner step | plain per-task torch.autograd loop | 1.29 | 1.22 | 2.55 | 58 | 0.0e+00 | 53% |
+# | first order, 1 inner step | plain per-task loop, one thread | 2.12 | 2.01 | 2.11 | 58 | 1.6e-05 | 32% |
+# | first order, 1 inner step | higher 0.2.1 | 1.47 | 1.39 | 2.92 | 59 | 0.0e+00 | 47% |
+# | first order, 1 inner step | learn2learn 0.2.0 | 1.25 | 1.18 | 2.48 | 59 | 0.0e+00 | 55% |
 #
 # *What it says.* All six implementations compute the same meta-gradient: the three per-task loops
 # and the libraries agree bit for bit, the helper's loop to $10^{-7}$ of the largest entry, and
 # tasks in threads to about $10^{-5}$ (single-threaded kernels add up in another order; in float64
-# the tests find the strategies equal to $10^{-10}$). Tasks in threads were the fastest at second
-# order, about 1.3 times faster than the fastest other implementation with one inner step and 1.2
-# times with five, and they need a fraction of the memory of the helper's loop, which keeps the
-# graphs of all 32 tasks until the backward pass (about 2 GB here, against 0.1 GB). At first order
-# the helper and `learn2learn` tie. We set out to be at least 1.5 times faster than every peer and
-# did not get there: every implementation spends its time in the same PyTorch kernels, and the
-# best of them reaches only about a fifth of the machine's arithmetic peak, because batch norm,
-# ReLU and max-pooling are limited by memory traffic, not arithmetic. (We also tried fusing those
-# with `torch.compile`, computing the query gradient apart from the second-order term, channels-last
-# memory layout, and `vmap` over the query sets: none gained more than the threads did.) On an
-# otherwise idle machine and for small meta-batches the loop is as fast, so the default (`"auto"`)
-# stays `"loop"` on the CPU; choose `"threads"` for large meta-batches, to save memory, or when
-# other jobs share the machine, where intra-op threads wait for each other at every operation.
+# the tests find the strategies equal to $10^{-10}$). The helper is the fastest in all three
+# settings: its loop by 1.27 times at second order with one inner step and 1.18 times at first
+# order, tasks in threads by 1.26 times with five inner steps, where the helper's loop pays for
+# holding the graphs of all 32 tasks (2.6 GB, against 0.2 GB in threads). We set out to be at
+# least 1.5 times faster than every peer and did not get there, and the bound row says why this
+# is out of reach with PyTorch's kernels: with one inner step, 1.5 times the fastest peer means
+# 1.08 s at second order and 0.83 s at first order, while the query pass alone takes 1.03 s and
+# 0.97 s. Whatever we do with the inner loop, the query pass stays, and it runs the same
+# convolution, batch-norm, ReLU and max-pooling kernels for everybody; the best implementations
+# already reach 55-65% of the machine's arithmetic peak. (We also tried `torch.compile` on the
+# query pass, which only ever needs first derivatives: no faster than the eager loop. Channels-last
+# memory layout, computing the query gradient apart from the second-order term, and `vmap` over
+# the query sets gained nothing either.) Under load the picture changes: when other jobs share
+# the cores, intra-op threads wait for each other at every operation, and in earlier runs on a
+# loaded machine tasks in threads were the fastest strategy in all three settings. So the default (`"auto"`) stays `"loop"` on the
+# CPU; choose `"threads"` for large meta-batches or many inner steps, to save memory, or on a
+# shared machine.
 
 # %% [markdown]
 # ### Reading the Omniglot results

@@ -40,13 +40,12 @@ Batching over tasks (``strategy``):
 - ``"auto"`` (default): ``"loop"`` on the CPU, ``"vmap"`` on accelerators.
 
 Measured on this book's 2-core CPU (torch 2.14, float32; ``bench/meta_step.py``, whose table
-Chapter 3 shows), one meta-step of conv4 (64 channels) on 32 tasks of 5-way 1-shot: tasks in
-threads were 7-20% faster than the loop at second order and as fast at first order, with a
-twentieth of its memory (0.1-0.2 GB against 1.7-2.6 GB: the loop keeps every task's graph until
-the backward pass); with a few tasks on an idle machine the loop was faster, and when other jobs
-load the cores, tasks in threads were several times faster. With one thread, ``"vmap"`` was
-slower than the loop and used more memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap
-1.9 s / +1.4 GB). On a GPU, vmap turns many small kernels into a few large ones.
+Chapter 3 shows), one meta-step of conv4 (64 channels) on 32 tasks of 5-way 1-shot, on an idle
+machine: the loop was 12-15% faster than tasks in threads with one inner step, tasks in threads
+18% faster with five, where the loop holds every task's graph until the backward pass (2.6 GB
+against 0.2 GB); in earlier runs, with other jobs loading the cores, tasks in threads were the
+faster strategy throughout. With one thread, ``"vmap"`` was slower than the loop and used more
+memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap turns many small kernels into a few large ones.
 
 Normalisation policy (explained in Chapter 3):
 
