@@ -32,6 +32,12 @@ Accuracy on the meta-test alphabets (Balinese, Sanskrit), 600 episodes, mean +- 
 
 The meta-test alphabets are much harder for it than the meta-validation ones; Chapter 4 discusses why.
 
+``load(transductive_steps=5)`` refines the prototypes with each task's unlabelled query images
+(soft k-means, Ren et al. 2018; 5 steps chosen on the meta-validation alphabets in Chapter 4,
+section 4.7). On Chapter 4's meta-test episodes with 15 queries per class, 5-way 1-shot goes from
+91.3% +- 0.7% to 96.0% +- 0.6%. That learner is transductive: each prediction depends on the other
+queries of its task, so it helps with a batch of queries of every class and not with one image.
+
 ``"protonet-omniglot-plain"`` is one network trained for 2,000 steps with the recipe of Chapter 4's
 section 4.2 (no augmentation, step decay, no test-time averaging): Chapter 4's reference for what
 the other levers add, and Chapter 7's network for the distribution-shift experiments.
@@ -53,9 +59,11 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.learners.protonet import ProtoNet
+from mlhelpers.learners.protonet import ProtoNet, class_counts, negative_squared_distances, refine_prototypes
 from mlhelpers.models import conv4
 from mlhelpers.seeding import seed_everything
+from mlhelpers.tasks import Task
+from mlhelpers.validation import check_steps
 
 
 @dataclass(frozen=True)
@@ -114,14 +122,19 @@ class EnsembleProtoNet(MetaLearner):
     Args:
         backbones: modules mapping ``[batch, C, H, W]`` to ``[batch, D]``.
         tta_shift: pixels to shift for test-time augmentation (0: none).
+        transductive_steps: soft k-means refinements of every member's prototypes with the
+            task's query embeddings, weighted by the ensemble's probabilities
+            (:func:`~mlhelpers.learners.protonet.refine_prototypes`), in ``forward`` and
+            :meth:`predict_labels`; 0 (the default) is inductive.
 
     ``adapt`` returns prototypes ``[members, tasks, n_way, D]``; ``predict`` returns log mean
-    probabilities ``[tasks, n_query, n_way]`` (logits for :func:`~mlhelpers.evaluation.evaluate`).
+    probabilities ``[tasks, n_query, n_way]`` (logits for :func:`~mlhelpers.evaluation.evaluate`);
+    both are inductive.
     """
 
     needs_grad_to_adapt = False
 
-    def __init__(self, backbones: Sequence[nn.Module], tta_shift: int = 0) -> None:
+    def __init__(self, backbones: Sequence[nn.Module], tta_shift: int = 0, transductive_steps: int = 0) -> None:
         super().__init__()
         if len(backbones) == 0:
             raise ValueError("backbones must hold at least one module")
@@ -129,6 +142,7 @@ class EnsembleProtoNet(MetaLearner):
             raise ValueError(f"tta_shift must be an int >= 0, got {tta_shift!r}")
         self.backbones = nn.ModuleList(backbones)
         self.tta_shift = tta_shift
+        self.transductive_steps = check_steps("transductive_steps", transductive_steps)
         self.config: dict = {}  # how a saved learner was trained (set by load_file)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -151,10 +165,26 @@ class EnsembleProtoNet(MetaLearner):
         return torch.einsum("tsn,mtsd->mtnd", one_hot.to(embeddings.dtype), embeddings) / counts[None, ..., None]
 
     def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
-        queries = self.embed(query_x)  # [M, T, Q, D]
-        logits = -torch.cdist(queries, adapted).pow(2)  # [M, T, Q, N]
-        log_probs = logits.log_softmax(-1)
-        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(self.backbones))))
+        return self._log_mean_probs(adapted, self.embed(query_x))
+
+    def _log_mean_probs(self, prototypes: Tensor, queries: Tensor) -> Tensor:
+        """``[M, T, N, D]`` prototypes, ``[M, T, Q, D]`` queries -> ``[T, Q, N]`` log mean probabilities."""
+        log_probs = negative_squared_distances(queries, prototypes).log_softmax(-1)  # [M, T, Q, N]
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.backbones))
+
+    def _solve(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """``[T, Q, N]`` log probabilities of the queries: inductive, or refined on the queries."""
+        prototypes = self.adapt(support_x, support_y)
+        if not self.transductive_steps:
+            return self.predict(prototypes, query_x)
+        queries = self.embed(query_x)
+        counts = class_counts(support_y, prototypes.shape[-2])
+        prototypes = refine_prototypes(prototypes, counts, queries, lambda p, q: self._log_mean_probs(p, q).exp(),
+                                       self.transductive_steps)
+        return self._log_mean_probs(prototypes, queries)
+
+    def forward(self, task: Task) -> Tensor:
+        return self._solve(task.support_x, task.support_y, task.query_x)
 
     @torch.no_grad()
     def predict_labels(self, support_images: Tensor, support_labels: Tensor, query_images: Tensor) -> Tensor:
@@ -213,7 +243,7 @@ class EnsembleProtoNet(MetaLearner):
         self.eval()
         try:
             device = next(self.parameters()).device
-            logits = self.predict(self.adapt(sx.to(device), torch.stack(index).to(device)), qx.to(device))
+            logits = self._solve(sx.to(device), torch.stack(index).to(device), qx.to(device))
         finally:
             self.train(was_training)
         predicted = torch.gather(torch.stack(classes).to(logits.device), 1, logits.argmax(-1))
@@ -356,12 +386,15 @@ def save(learner: EnsembleProtoNet, path: str, config: dict) -> None:
     torch.save({"config": config, "state": state}, path)
 
 
-def load(name: str = "protonet-omniglot", device: torch.device | str = "cpu") -> EnsembleProtoNet:
+def load(name: str = "protonet-omniglot", device: torch.device | str = "cpu",
+         transductive_steps: int = 0) -> EnsembleProtoNet:
     """A ready, pretrained learner in eval mode, from weights shipped in the package (no network).
 
     Args:
         name: one of :data:`PRETRAINED` (``"protonet-omniglot"``).
         device: where to put it.
+        transductive_steps: refine the prototypes with each task's query images
+            (:class:`EnsembleProtoNet`); 0, the default, keeps the learner inductive.
 
     Raises:
         ValueError: unknown ``name`` (the message lists the available ones).
@@ -369,7 +402,9 @@ def load(name: str = "protonet-omniglot", device: torch.device | str = "cpu") ->
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained learner {name!r}; available: {sorted(PRETRAINED)}")
     data = files("mlhelpers").joinpath("assets", PRETRAINED[name].file).read_bytes()
-    return load_file(io.BytesIO(data)).to(device)
+    learner = load_file(io.BytesIO(data)).to(device)
+    learner.transductive_steps = check_steps("transductive_steps", transductive_steps)
+    return learner
 
 
 def load_file(file: str | io.BytesIO) -> EnsembleProtoNet:

@@ -163,3 +163,23 @@ def test_distortion_strength_changes_training_and_needs_augment():
     assert not torch.equal(default[0][0].weight, stronger[0][0].weight)
     with pytest.raises(ValueError, match="augment=False"):
         train(augment=False, distortion={"max_rotate": 40.0})
+
+
+def test_one_member_ensemble_refines_like_a_transductive_protonet():
+    torch.manual_seed(0)
+    backbone = conv4(hidden_channels=8).eval()
+    task = EpisodicSampler(load_omniglot(), 4, 1, 3, "val", seed=2).sample(2)
+    with torch.no_grad():
+        expected = ProtoNet(backbone, transductive_steps=2)(task).log_softmax(-1)
+        torch.testing.assert_close(EnsembleProtoNet([backbone], transductive_steps=2)(task), expected,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_transductive_shipped_learner_is_at_least_as_accurate(learner):
+    tasks = EpisodicSampler(load_omniglot(), 5, 1, 5, "test", seed=3).sample(20)
+    transductive = pretrained.load(transductive_steps=3)
+    accuracy = {}
+    for name, model in (("inductive", learner), ("transductive", transductive)):
+        predicted = model.predict_labels(tasks.support_x, tasks.support_y, tasks.query_x)
+        accuracy[name] = (predicted == tasks.query_y).float().mean().item()
+    assert accuracy["transductive"] >= accuracy["inductive"] and accuracy["transductive"] > 0.9, accuracy

@@ -245,6 +245,7 @@ TRIGGERS: dict[str, Callable] = {
                                                          generator=torch.Generator()))(*_rl()),
     # the pretrained learner, augmentation, tuning and architecture search
     "pretrained-name": lambda: pretrained.load("resnet"),
+    "pretrained-transductive": lambda: pretrained.load(transductive_steps=1.5),
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
     "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
                                                                    torch.zeros(3, 1, 28, 28)),
@@ -327,6 +328,7 @@ TRIGGERS: dict[str, Callable] = {
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
         replace(t := regression_task(), support_y=with_nan(t.support_y))),
     "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
+    "protonet-transductive": lambda: ProtoNet(nn.Flatten(), transductive_steps=-1),
     "learner-query-label-range": lambda: MAML(_small_conv(3), strategy="loop").meta_loss(
         replace(t := image_task(), query_y=t.query_y + 3)),
     # task_loss / task_metric

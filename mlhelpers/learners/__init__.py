@@ -10,7 +10,7 @@ from mlhelpers.learners.baseline import NearestCentroid, feature_mean, pretrain_
 from mlhelpers.learners.incontext import CausalTransformer, InContextLearner, InContextState
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.maml import ANIL, MAML, GradientLearner, MetaSGD
-from mlhelpers.learners.protonet import ProtoNet, class_prototypes
+from mlhelpers.learners.protonet import ProtoNet, class_prototypes, refine_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.learners.reptile import Reptile
 
@@ -32,6 +32,7 @@ __all__ = [
     "class_prototypes",
     "feature_mean",
     "pretrain_classifier",
+    "refine_prototypes",
     "relation_backbone",
     "support_one_hot",
     "task_loss",

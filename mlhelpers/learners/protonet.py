@@ -1,11 +1,20 @@
-"""Prototypical Networks (Snell et al. 2017): classify by distance to class means. Chapter 4."""
+"""Prototypical Networks (Snell et al. 2017): classify by distance to class means. Chapter 4.
+
+With ``transductive_steps > 0`` the prototypes are refined with the unlabelled query embeddings of
+the task by soft k-means (Ren et al. 2018, :func:`refine_prototypes`): a *transductive* learner,
+whose prediction for one query depends on the other queries of its task. Chapter 4 measures it.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
+from mlhelpers.tasks import Task
+from mlhelpers.validation import check_steps
 
 
 def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
@@ -20,21 +29,65 @@ def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     return torch.einsum("tsn,tsd->tnd", one_hot, embeddings) / counts[..., None]
 
 
+def refine_prototypes(
+    prototypes: Tensor,
+    counts: Tensor,
+    queries: Tensor,
+    probabilities: Callable[[Tensor, Tensor], Tensor],
+    steps: int,
+) -> Tensor:
+    """Soft k-means on the query set (Ren et al. 2018): ``steps`` refinements of the prototypes.
+
+    Each step takes every query's class probabilities ``w[t, q, n]`` under the current prototypes
+    and moves prototype ``n`` to the weighted mean of its support embeddings (``counts[t, n]`` of
+    them, whose mean is the prototype) and the queries:
+    ``p_n <- (counts_n * p_n + sum_q w_qn z_q) / (counts_n + sum_q w_qn)``.
+
+    Args:
+        prototypes: ``[..., tasks, n_way, D]`` (leading dims, e.g. ensemble members, broadcast).
+        counts: ``[tasks, n_way]`` support examples per class.
+        queries: ``[..., tasks, n_query, D]`` query embeddings.
+        probabilities: ``(prototypes, queries) -> [tasks, n_query, n_way]`` class probabilities.
+        steps: refinements (0 returns ``prototypes``).
+    """
+    check_steps("steps", steps)
+    for _ in range(steps):
+        w = probabilities(prototypes, queries)  # [tasks, n_query, n_way]
+        weighted = torch.einsum("tqn,...tqd->...tnd", w.to(queries.dtype), queries)
+        prototypes = (counts[..., None] * prototypes + weighted) / (counts + w.sum(1))[..., None]
+    return prototypes
+
+
+def negative_squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
+    """ProtoNet logits: ``[..., n_query, D]`` and ``[..., n_way, D]`` -> ``[..., n_query, n_way]``."""
+    return -torch.cdist(queries, prototypes).pow(2)
+
+
+def class_counts(labels: Tensor, n_way: int) -> Tensor:
+    """Examples per class: ``[tasks, n]`` labels -> ``[tasks, n_way]`` float counts."""
+    return torch.nn.functional.one_hot(labels, n_way).sum(1).float()
+
+
 class ProtoNet(MetaLearner):
     """Logits are negative squared Euclidean distances from query embeddings to class prototypes.
 
     Args:
         backbone: any module mapping ``[batch, *x_shape]`` to ``[batch, D]`` features.
+        transductive_steps: soft k-means refinements of the prototypes with the task's query
+            embeddings in ``forward`` (0, the default: the inductive ProtoNet of Snell et al.).
 
     ``adapt`` returns the prototypes ``[tasks, n_way, D]``; ``predict`` returns logits
     ``[tasks, n_query, n_way]``. The number of ways is read from the support labels (0..N-1).
+    ``adapt`` and ``predict`` are always inductive; ``forward(task)`` (what evaluation and
+    ``meta_loss`` call) refines the prototypes first when ``transductive_steps > 0``.
     """
 
     needs_grad_to_adapt = False
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, transductive_steps: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
+        self.transductive_steps = check_steps("transductive_steps", transductive_steps)
 
     def embed(self, x: Tensor) -> Tensor:
         """``[tasks, n, *x_shape]`` -> ``[tasks, n, D]``, all tasks through the backbone at once."""
@@ -45,4 +98,17 @@ class ProtoNet(MetaLearner):
         return class_prototypes(self.embed(support_x), support_y, n_way)
 
     def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
-        return -torch.cdist(self.embed(query_x), adapted).pow(2)
+        return negative_squared_distances(self.embed(query_x), adapted)
+
+    def forward(self, task: Task) -> Tensor:
+        prototypes = self.adapt(task.support_x, task.support_y)
+        if not self.transductive_steps:
+            return self.predict(prototypes, task.query_x)
+        queries = self.embed(task.query_x)
+        counts = class_counts(task.support_y, prototypes.shape[-2])
+        prototypes = refine_prototypes(prototypes, counts, queries,
+                                       lambda p, q: negative_squared_distances(q, p).softmax(-1), self.transductive_steps)
+        return negative_squared_distances(queries, prototypes)
+
+    def extra_repr(self) -> str:
+        return f"transductive_steps={self.transductive_steps}" if self.transductive_steps else ""
