@@ -45,7 +45,8 @@ machine: the loop was 12-15% faster than tasks in threads with one inner step, t
 18% faster with five, where the loop holds every task's graph until the backward pass (2.6 GB
 against 0.2 GB); in earlier runs, with other jobs loading the cores, tasks in threads were the
 faster strategy throughout. With one thread, ``"vmap"`` was slower than the loop and used more
-memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap turns many small kernels into a few large ones.
+memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap
+turns many small kernels into a few large ones.
 
 Normalisation policy (explained in Chapter 3):
 

@@ -106,8 +106,8 @@ class ProtoNet(MetaLearner):
             return self.predict(prototypes, task.query_x)
         queries = self.embed(task.query_x)
         counts = class_counts(task.support_y, prototypes.shape[-2])
-        prototypes = refine_prototypes(prototypes, counts, queries,
-                                       lambda p, q: negative_squared_distances(q, p).softmax(-1), self.transductive_steps)
+        probabilities = lambda p, q: negative_squared_distances(q, p).softmax(-1)  # noqa: E731
+        prototypes = refine_prototypes(prototypes, counts, queries, probabilities, self.transductive_steps)
         return negative_squared_distances(queries, prototypes)
 
     def extra_repr(self) -> str:
