@@ -148,7 +148,11 @@ def query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, query_x_
     Task-major: query ``j`` of task ``t`` is row ``t * n_query + j``. Read the prediction at the
     last position.
     """
-    context = interleave(support_x_tokens, support_y_tokens)  # [T, 2k, W]
+    return _one_sequence_per_query(interleave(support_x_tokens, support_y_tokens), query_x_tokens)
+
+
+def _one_sequence_per_query(context: Tensor, query_x_tokens: Tensor) -> Tensor:
+    """``[T, L, W]`` context and ``[T, Q, W]`` queries -> ``[T * Q, L + 1, W]``, task-major."""
     _check_vectors("query_x_tokens", query_x_tokens)
     tasks, n_query, width = query_x_tokens.shape
     if tasks != context.shape[0] or width != context.shape[-1]:
@@ -157,8 +161,7 @@ def query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, query_x_
             f"like the support tokens, got {tuple(query_x_tokens.shape)}"
         )
     context = context[:, None].expand(tasks, n_query, *context.shape[1:])
-    sequences = torch.cat([context, query_x_tokens[:, :, None]], dim=2)  # [T, Q, 2k+1, W]
-    return sequences.flatten(0, 1)
+    return torch.cat([context, query_x_tokens[:, :, None]], dim=2).flatten(0, 1)
 
 
 def paired_query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, query_x_tokens: Tensor) -> Tensor:
@@ -176,15 +179,7 @@ def paired_query_sequences(support_x_tokens: Tensor, support_y_tokens: Tensor, q
         )
     if ((support_x_tokens != 0) & (support_y_tokens != 0)).any():
         raise ValueError("input and label tokens overlap: a paired token needs labels in coordinates of their own")
-    _check_vectors("query_x_tokens", query_x_tokens)
-    tasks, n_query, width = query_x_tokens.shape
-    if tasks != support_x_tokens.shape[0] or width != support_x_tokens.shape[-1]:
-        raise ValueError(
-            f"query_x_tokens must be [tasks={support_x_tokens.shape[0]}, n_query, W={support_x_tokens.shape[-1]}] "
-            f"like the support tokens, got {tuple(query_x_tokens.shape)}"
-        )
-    context = (support_x_tokens + support_y_tokens)[:, None].expand(tasks, n_query, -1, -1)
-    return torch.cat([context, query_x_tokens[:, :, None]], dim=2).flatten(0, 1)
+    return _one_sequence_per_query(support_x_tokens + support_y_tokens, query_x_tokens)
 
 
 def prefix_sequence(x_tokens: Tensor, y_tokens: Tensor) -> Tensor:
