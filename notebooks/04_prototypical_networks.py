@@ -640,8 +640,8 @@ print(f"chosen learner, within-alphabet 20-way 1-shot on the meta-test alphabets
 # and repeat a few times. Nothing is retrained: the same networks, a different inference. The
 # price is that the learner becomes **transductive**: the prediction for one query depends on the
 # other queries of its episode. That is fine when the episode comes with a batch of queries of
-# every class (the standard protocol: 15 per class), it does nothing for a single query, and it
-# can hurt when the queries are skewed towards a few classes. Papers report transductive results
+# every class (the standard protocol: 15 per class); a single query gives it little to work with,
+# and it can hurt when the queries are skewed towards a few classes (Exercise 4.4 measures how). Papers report transductive results
 # apart from inductive ones for this reason, and so do we; the published column of section 4.5 is
 # inductive.
 #
