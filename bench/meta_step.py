@@ -292,6 +292,12 @@ def main() -> None:
         except OSError as error:
             print(f"--high-priority ignored: {error}")
     settings = args.settings.split(",")
+    unknown = sorted(set(settings) - set(SETTINGS)) + sorted(set(args.impls.split(",")) - set(IMPLEMENTATIONS))
+    if unknown:
+        parser.error(f"unknown settings or implementations {unknown}; settings: {', '.join(SETTINGS)}, "
+                     f"implementations: {', '.join(IMPLEMENTATIONS)}")
+    if not {REFERENCE, "ours-loop"} <= set(args.impls.split(",")):
+        parser.error(f"--impls must include {REFERENCE} (the reference gradient) and ours-loop (the FLOP count)")
 
     skipped = ensure_peers(install=not args.no_install)
     impls = [i for i in args.impls.split(",") if i not in skipped]
