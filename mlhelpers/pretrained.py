@@ -59,7 +59,13 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.learners.protonet import ProtoNet, class_counts, negative_squared_distances, refine_prototypes
+from mlhelpers.learners.protonet import (
+    ProtoNet,
+    class_counts,
+    class_prototypes,
+    negative_squared_distances,
+    refine_prototypes,
+)
 from mlhelpers.models import conv4
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
@@ -156,13 +162,7 @@ class EnsembleProtoNet(MetaLearner):
         return torch.stack(out)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
-        n_way = int(support_y.max()) + 1
-        one_hot = torch.nn.functional.one_hot(support_y, n_way).float()  # [T, S, N]
-        counts = one_hot.sum(1)
-        if (counts == 0).any():
-            raise ValueError(f"every class 0..{n_way - 1} needs a support example; counts {counts.tolist()}")
-        embeddings = self.embed(support_x)  # [M, T, S, D]
-        return torch.einsum("tsn,mtsd->mtnd", one_hot.to(embeddings.dtype), embeddings) / counts[None, ..., None]
+        return class_prototypes(self.embed(support_x), support_y, int(support_y.max()) + 1)  # [M, T, N, D]
 
     def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
         return self._log_mean_probs(adapted, self.embed(query_x))

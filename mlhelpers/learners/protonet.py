@@ -17,16 +17,24 @@ from mlhelpers.tasks import Task
 from mlhelpers.validation import check_steps
 
 
+def class_counts(labels: Tensor, n_way: int) -> Tensor:
+    """Examples per class: ``[tasks, n]`` labels -> ``[tasks, n_way]`` float counts."""
+    return torch.nn.functional.one_hot(labels, n_way).sum(1).float()
+
+
 def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
-    """Mean embedding of each class: ``[tasks, n_support, D]`` -> ``[tasks, n_way, D]``."""
-    one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
-    counts = one_hot.sum(dim=1)  # [T, N]
+    """Mean embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``.
+
+    Leading dims (e.g. the members of an ensemble) share the labels ``[tasks, n_support]``.
+    """
+    counts = class_counts(labels, n_way).to(embeddings.dtype)  # [T, N]
     if (counts == 0).any():
         raise ValueError(
             f"every class 0..{n_way - 1} needs at least one support example; "
             f"per-class counts were {counts.tolist()}"
         )
-    return torch.einsum("tsn,tsd->tnd", one_hot, embeddings) / counts[..., None]
+    one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
+    return torch.einsum("tsn,...tsd->...tnd", one_hot, embeddings) / counts[..., None]
 
 
 def refine_prototypes(
@@ -61,11 +69,6 @@ def refine_prototypes(
 def negative_squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
     """ProtoNet logits: ``[..., n_query, D]`` and ``[..., n_way, D]`` -> ``[..., n_query, n_way]``."""
     return -torch.cdist(queries, prototypes).pow(2)
-
-
-def class_counts(labels: Tensor, n_way: int) -> Tensor:
-    """Examples per class: ``[tasks, n]`` labels -> ``[tasks, n_way]`` float counts."""
-    return torch.nn.functional.one_hot(labels, n_way).sum(1).float()
 
 
 class ProtoNet(MetaLearner):
