@@ -292,15 +292,16 @@ def main() -> None:
         except OSError as error:
             print(f"--high-priority ignored: {error}")
     settings = args.settings.split(",")
-    unknown = sorted(set(settings) - set(SETTINGS)) + sorted(set(args.impls.split(",")) - set(IMPLEMENTATIONS))
+    requested = args.impls.split(",")
+    unknown = sorted(set(settings) - set(SETTINGS)) + sorted(set(requested) - set(IMPLEMENTATIONS))
     if unknown:
         parser.error(f"unknown settings or implementations {unknown}; settings: {', '.join(SETTINGS)}, "
                      f"implementations: {', '.join(IMPLEMENTATIONS)}")
-    if not {REFERENCE, "ours-loop"} <= set(args.impls.split(",")):
+    if not {REFERENCE, "ours-loop"} <= set(requested):
         parser.error(f"--impls must include {REFERENCE} (the reference gradient) and ours-loop (the FLOP count)")
 
     skipped = ensure_peers(install=not args.no_install)
-    impls = [i for i in args.impls.split(",") if i not in skipped]
+    impls = [i for i in requested if i not in skipped]
     peak = float(subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True).stdout)
     print(f"measured arithmetic peak: {peak / 1e9:.0f} GFLOP/s (float32 2048x2048 matmul)", flush=True)
 
@@ -315,7 +316,7 @@ def main() -> None:
                       f"({time.perf_counter() - start:.0f} s with warm-up)", flush=True)
             for impl in impls:
                 r = results[setting, impl]
-                r["grad_diff"] = None if impl in (REFERENCE, BOUND) else \
+                r["grad_diff"] = 0.0 if impl == REFERENCE else None if impl == BOUND else \
                     max_relative_difference(r["grads_file"], results[setting, REFERENCE]["grads_file"])
             for impl in impls:
                 results[setting, impl].pop("grads_file", None)
@@ -335,7 +336,7 @@ def main() -> None:
             r = results[setting, impl]
             rows.append([SETTINGS[setting][0], IMPLEMENTATIONS[impl][0], f"{walls[impl]:.2f}",
                          f"{walls[impl] / walls[best_ours]:.2f}", f"{statistics.mean(r['cpu']):.2f}",
-                         f"{r['peak_mb']:.0f}", "-" if impl == BOUND else f"{r['grad_diff'] or 0:.1e}",
+                         f"{r['peak_mb']:.0f}", "-" if impl == BOUND else f"{r['grad_diff']:.1e}",
                          "-" if impl == BOUND else f"{flops / walls[impl] / peak:.0%}"])
         summary.append(f"{SETTINGS[setting][0]}: fastest peer {IMPLEMENTATIONS[fastest_peer][0]} "
                        f"{walls[fastest_peer]:.2f} s, ours ({IMPLEMENTATIONS[best_ours][0]}) {walls[best_ours]:.2f} s: "
