@@ -58,3 +58,10 @@ def budget(full: T, quick: T) -> T:
 def default_device() -> torch.device:
     """CUDA when available, else CPU. Pass ``device=`` explicitly to override anywhere."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_device(module: torch.nn.Module, default: torch.device | str | None = None) -> torch.device | None:
+    """The device of ``module``'s first parameter; ``default`` (as a device) for a module without any."""
+    for p in module.parameters():
+        return p.device
+    return torch.device(default) if default is not None else None
