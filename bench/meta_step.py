@@ -73,9 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.learners import MAML
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 impl, steps, first_order, tasks, repeats, alpha, out = (
     sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])

@@ -1,10 +1,11 @@
 """mlhelpers: the helper package of the open textbook *Learning to Learn*.
 
-Each chapter derives an idea from scratch, then imports the helper that packages it:
+Each chapter derives an idea from scratch, then imports the helper that packages it. Layers import
+only downwards: data -> tasks and samplers -> learners -> training and evaluation -> chapters.
 
+- :mod:`mlhelpers.data`: data only: image collections, the shipped Omniglot, augmentation (Chapter 1).
 - :mod:`mlhelpers.tasks`: the batched :class:`~mlhelpers.tasks.Task` type (Chapter 1).
-- :mod:`mlhelpers.episodes`: episodic N-way K-shot samplers (Chapter 1).
-- :mod:`mlhelpers.data`: shipped Omniglot and regression task families (Chapter 1).
+- :mod:`mlhelpers.samplers`: seeded task samplers, episodic and regression (Chapter 1).
 - :mod:`mlhelpers.models`: conv4 and MLP backbones.
 - :mod:`mlhelpers.learners`: meta-learners sharing one interface (Chapters 3-5).
 - :mod:`mlhelpers.config`: quick mode and devices.

@@ -54,9 +54,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from mlhelpers.data.augment import AugmentedSampler, shifted_copies
+from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.protonet import (
@@ -67,6 +66,8 @@ from mlhelpers.learners.protonet import (
     refine_prototypes,
 )
 from mlhelpers.models import conv4
+from mlhelpers.samplers.augmented import AugmentedSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_steps
@@ -311,7 +312,7 @@ def train_member(
     ``ways``-way ``shots``-shot episodes of ``split`` with rotations as new classes, one episode per
     Adam step at learning rate ``lr``, halved at 1/3 and 2/3 of the run (``schedule="step"``) or
     decayed to 0 along a half cosine (``schedule="cosine"``). With ``augment`` every image gets its
-    own small random affine distortion (:class:`~mlhelpers.data.augment.AugmentedSampler`), whose
+    own small random affine distortion (:class:`~mlhelpers.samplers.augmented.AugmentedSampler`), whose
     strength ``distortion`` sets (keyword arguments of
     :func:`~mlhelpers.data.augment.random_affine`, e.g. ``{"max_rotate": 15}``; None: its defaults).
     Every ``val_every`` steps (0: never) it prints the within-alphabet 20-way 1-shot accuracy on 300

@@ -58,12 +58,12 @@ from torch import nn
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.data.regression import SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MetaLearner, ProtoNet
 from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_learning_curves, plot_regression_tasks, show_episode
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.training import meta_train
 
 device = mlhelpers.default_device()

@@ -60,9 +60,9 @@ from torch.func import functional_call, grad, hessian, jvp, vjp, vmap
 
 import mlhelpers
 from mlhelpers import Task, budget, quick_mode, seed_everything
-from mlhelpers.data.regression import SinusoidTasks
 from mlhelpers.learners import MAML
 from mlhelpers.models import conv4, mlp
+from mlhelpers.samplers.regression import SinusoidTasks
 
 # The tensors in this chapter are tiny: one CPU thread runs them fastest and keeps timings steady.
 torch.set_num_threads(1)

@@ -59,13 +59,13 @@ from torch.func import functional_call, grad, grad_and_value, vmap
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.data.regression import SinusoidTasks
 from mlhelpers.display import markdown_table
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
 from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_learning_curves
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.training import meta_train
 
 # One thread: the book's machine is a shared 2-core CPU, and these small networks gain little
@@ -439,9 +439,9 @@ plt.show()
 SETUP = '''
 import torch
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 CHANNELS, INNER_LR, TRAIN_STEPS, TEST_STEPS, Q_QUERY = 32, 0.4, 1, 3, 5
 META_BATCH = {5: 8, 20: 4}

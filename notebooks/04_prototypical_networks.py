@@ -68,13 +68,13 @@ from mlhelpers import budget, pretrained, quick_mode, seed_everything
 from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.display import markdown_table
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MAML, MatchingNet, NearestCentroid, ProtoNet, RelationNet
 from mlhelpers.learners import class_prototypes, feature_mean, pretrain_classifier, refine_prototypes, relation_backbone
 from mlhelpers.models import conv4
 from mlhelpers.plotting import plot_learning_curves, show_episode
 from mlhelpers.pretrained import EnsembleProtoNet
+from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 

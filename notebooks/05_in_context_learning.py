@@ -63,23 +63,23 @@ from tqdm import tqdm  # text bars, as mlhelpers.training uses: readable in stor
 import mlhelpers
 from mlhelpers import Task, budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.data.regression import LinearTasks
 from mlhelpers.display import markdown_table
-from mlhelpers.episodes import EpisodicSampler, TaskSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import MAML, CausalTransformer, InContextLearner, ProtoNet
 from mlhelpers.models import conv4
 from mlhelpers.plotting import plot_learning_curves
-from mlhelpers.sequences import (
-    ShuffledSupport,
+from mlhelpers.regression_baselines import (
     averaging_predictions,
     least_squares_predictions,
-    ridge_predictions,
-    shuffle_support,
     nearest_neighbour_predictions,
     normalised_squared_error,
-    task_sequences,
+    ridge_predictions,
 )
+from mlhelpers.samplers.base import TaskSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import LinearTasks
+from mlhelpers.samplers.shuffled import ShuffledSupport, shuffle_support
+from mlhelpers.sequences import task_sequences
 from mlhelpers.training import meta_train
 
 torch.set_num_threads(1)  # small models: one thread each is fastest on a shared CPU

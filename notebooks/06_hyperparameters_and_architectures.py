@@ -70,11 +70,11 @@ from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.darts import (FixedNetwork, SearchNetwork, architecture_gradient, derive_architecture,
                              random_architecture)
 from mlhelpers.data.omniglot import load_omniglot, omniglot_drawers
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.hpo import TrialSetup, learner_objective, open_study, warm_start
 from mlhelpers.learners import ProtoNet
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.training import meta_train
 
 torch.set_num_threads(1)
@@ -475,10 +475,10 @@ worker_script.write_text(textwrap.dedent(f"""
     import dataclasses, os, sys
     import optuna, torch, torch.nn.functional as F
     from mlhelpers.data.omniglot import load_omniglot
-    from mlhelpers.episodes import EpisodicSampler
     from mlhelpers.hpo import TrialSetup, learner_objective, open_study
     from mlhelpers.learners import ProtoNet
     from mlhelpers.models import conv4
+    from mlhelpers.samplers.episodic import EpisodicSampler
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -66,9 +66,8 @@ from mlhelpers import budget, pretrained, quick_mode, seed_everything
 from mlhelpers.data.augment import affine, affine_matrix
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import OMNIGLOT_SPLITS, load_omniglot
-from mlhelpers.data.ratings import RatingTasks, load_movielens
+from mlhelpers.data.ratings import load_movielens
 from mlhelpers.display import markdown_table
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import MAML
 from mlhelpers.models import mlp
@@ -80,6 +79,8 @@ from mlhelpers.rl import (
     rollout,
     sample_goals,
 )
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.training import meta_train
 
 # One thread: the book's machine is a shared 2-core CPU and these models are small.

@@ -60,10 +60,10 @@ from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import OMNIGLOT_SPLITS, load_omniglot
 from mlhelpers.display import markdown_table
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import MAML, NearestCentroid, ProtoNet, feature_mean, pretrain_classifier
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.training import meta_train
 
 # One thread: the book's machine is a shared 2-core CPU, and these small networks gain little from

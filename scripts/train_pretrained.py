@@ -18,9 +18,9 @@ import argparse
 import torch
 
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.pretrained import LR_SCHEDULES, EnsembleProtoNet, load_file, save, train_ensemble, within_alphabet
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from mlhelpers.data.augment import AugmentedSampler, affine, affine_matrix, random_affine, shifted_copies
-from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.data.augment import affine, affine_matrix, random_affine, shifted_copies
+from mlhelpers.samplers.augmented import AugmentedSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 
 def test_identity_map_leaves_images_unchanged():

@@ -7,8 +7,8 @@ import torch
 
 import mlhelpers
 from mlhelpers.checkpoint import config_differences, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from mlhelpers.data.regression import SinusoidTasks
 from mlhelpers.models import mlp
+from mlhelpers.samplers.regression import SinusoidTasks
 
 
 def _state(config=None):

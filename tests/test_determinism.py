@@ -17,11 +17,11 @@ from torch import nn
 from conftest import synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.data.regression import LinearTasks, SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MAML, ProtoNet, Reptile
 from mlhelpers.models import mlp
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 
@@ -160,10 +160,10 @@ SCRIPT = textwrap.dedent(
     """
     import hashlib, torch
     from torch import nn
-    from mlhelpers.data.regression import SinusoidTasks
     from mlhelpers.evaluation import evaluate
     from mlhelpers.learners import MAML
     from mlhelpers.models import mlp
+    from mlhelpers.samplers.regression import SinusoidTasks
     from mlhelpers.seeding import seed_everything
     from mlhelpers.training import meta_train
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import make_dataset
-from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 
 def test_shapes_labels_and_dtypes(dataset):

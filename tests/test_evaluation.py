@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from conftest import synthetic_dataset
-from mlhelpers.data.regression import LinearTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate, mean_confidence_interval
 from mlhelpers.learners import MetaLearner, ProtoNet
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import LinearTasks
 
 
 class OneStepLinear(MetaLearner):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import synthetic_dataset
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.hpo import TrialSetup, learner_objective, open_study, warm_start
 from mlhelpers.learners import ProtoNet
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

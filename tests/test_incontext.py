@@ -6,23 +6,24 @@ import pytest
 import torch
 
 from conftest import make_dataset
-from mlhelpers.data.regression import LinearTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import CausalTransformer, InContextLearner, task_loss
 from mlhelpers.models import conv4
-from mlhelpers.sequences import (
-    ShuffledSupport,
+from mlhelpers.regression_baselines import (
     averaging_predictions,
-    input_tokens,
-    label_tokens,
     least_squares_predictions,
     nearest_neighbour_predictions,
     normalised_squared_error,
+    ridge_predictions,
+)
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import LinearTasks
+from mlhelpers.samplers.shuffled import ShuffledSupport, shuffle_support
+from mlhelpers.sequences import (
+    input_tokens,
+    label_tokens,
     paired_query_sequences,
     prefix_sequence,
-    ridge_predictions,
-    shuffle_support,
     task_sequences,
     token_width,
     x_positions,
@@ -319,7 +320,7 @@ def test_labels_outside_n_way_are_rejected():
     learner = InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2, max_len=16)
     with pytest.raises(ValueError, match=r"support_y labels must lie in 0\.\.2 \(n_way=3\), got labels 0\.\.3"):
         learner.adapt(torch.randn(1, 4, 4), torch.tensor([[0, 1, 2, 3]]))
-    with pytest.raises(ValueError, match="support_y must hold integer class labels"):
+    with pytest.raises(TypeError, match="support_y must hold integer class labels"):
         learner.adapt(torch.randn(1, 2, 4), torch.tensor([[0.0, 1.0]]))
 
 

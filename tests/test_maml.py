@@ -11,12 +11,12 @@ from torch import nn
 from torch.func import functional_call
 
 from conftest import make_dataset
-from mlhelpers.data.regression import SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile, task_loss
 from mlhelpers.learners.functional import plain_norms, resolve_strategy
 from mlhelpers.models import conv4, mlp
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.data.regression import LinearTasks, SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "02_bilevel_optimisation.ipynb"

@@ -26,7 +26,7 @@ from mlhelpers.data.omniglot import (
     preprocess,
     preprocess_many,
 )
-from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 REPO = Path(__file__).resolve().parents[1]
 ZIP_DIR = REPO.parent / "shared" / "data" / "omniglot"

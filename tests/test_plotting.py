@@ -9,9 +9,9 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mlhelpers.data.labelled import LabelledDataset  # noqa: E402
-from mlhelpers.data.regression import SinusoidTasks  # noqa: E402
-from mlhelpers.episodes import EpisodicSampler  # noqa: E402
 from mlhelpers.plotting import plot_learning_curves, plot_regression_tasks, show_episode  # noqa: E402
+from mlhelpers.samplers.episodic import EpisodicSampler  # noqa: E402
+from mlhelpers.samplers.regression import SinusoidTasks  # noqa: E402
 from mlhelpers.training import History  # noqa: E402
 
 

@@ -7,11 +7,11 @@ import torch
 
 from mlhelpers import pretrained
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import ProtoNet
 from mlhelpers.models import conv4
 from mlhelpers.pretrained import EnsembleProtoNet
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -2,10 +2,10 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.learners import ProtoNet, class_prototypes, refine_prototypes, task_loss, task_metric
-from mlhelpers.tasks import Task
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.tasks import Task
 
 
 def test_prototypes_are_class_means():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mlhelpers.data.ratings import RatingTasks, load_movielens
+from mlhelpers.data.ratings import load_movielens
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MAML
 from mlhelpers.models import mlp
@@ -21,6 +21,7 @@ from mlhelpers.rl import (
     sample_goals,
     task_params,
 )
+from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.training import meta_train
 
 # --- ratings ---------------------------------------------------------------------------------

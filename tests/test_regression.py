@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mlhelpers.data.regression import LinearTasks, SinusoidTasks
+from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 
 
 def test_sinusoids_follow_finn_et_al():

@@ -4,11 +4,11 @@ from torch import nn
 
 from conftest import synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
-from mlhelpers.data.regression import SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MetaLearner, ProtoNet
 from mlhelpers.models import conv4, mlp
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.training import History, meta_train
 
 

@@ -23,14 +23,12 @@ from conftest import make_dataset
 from mlhelpers import pretrained
 from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
-from mlhelpers.display import markdown_table
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.data.ratings import RatingTasks, load_movielens
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
-from mlhelpers.data.regression import LinearTasks, SinusoidTasks
-from mlhelpers.episodes import EpisodicSampler
+from mlhelpers.data.ratings import load_movielens
+from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.hpo import learner_objective, warm_start
 from mlhelpers.learners import (
@@ -50,8 +48,11 @@ from mlhelpers.learners import (
 from mlhelpers.learners.functional import sgd_steps
 from mlhelpers.learners.parallel import map_tasks_in_threads
 from mlhelpers.models import conv4, mlp
-from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
 from mlhelpers.plotting import plot_regression_tasks, show_episode
+from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.ratings import RatingTasks
+from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train

@@ -1,2 +1,4 @@
-"""Data: labelled collections (:mod:`.labelled`), the shipped Omniglot (:mod:`.omniglot`) and
-regression task families (:mod:`.regression`). Import from the submodules."""
+"""Data, importing nothing above it: labelled collections (:mod:`.labelled`), the shipped Omniglot
+(:mod:`.omniglot`), augmentation transforms (:mod:`.augment`) and MovieLens ratings
+(:mod:`.ratings`). The samplers that draw tasks from them are in :mod:`mlhelpers.samplers`.
+Import from the submodules."""

@@ -4,7 +4,8 @@ Omniglot characters keep their identity under a small shift, scale, rotation or 
 draw them that way), so these make new drawings of the same character:
 
     x_aug = random_affine(task.support_x, generator=g)        # any [..., C, H, W]
-    sampler = AugmentedSampler(EpisodicSampler(omniglot, 60, 1, 5, "train", rotations=True))
+
+:class:`~mlhelpers.samplers.augmented.AugmentedSampler` applies them to every episode of a sampler.
 
 Images are resampled bilinearly with zero padding (background is 0, ink is 1).
 """
@@ -17,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mlhelpers.episodes import TaskSampler
-from mlhelpers.tasks import Task
 
 
 def affine(x: Tensor, theta: Tensor) -> Tensor:
@@ -110,32 +109,3 @@ def shifted_copies(x: Tensor, pixels: int = 1) -> Tensor:
             view[..., :, dx:] = 0
         views.append(view)
     return torch.stack(views)
-
-
-class AugmentedSampler(TaskSampler):
-    """Wrap a sampler so that every support and query image gets its own :func:`random_affine`.
-
-    ``state_dict`` holds the inner sampler's state and this one's, so training resumes exactly.
-    Keyword arguments are passed to :func:`random_affine`.
-    """
-
-    def __init__(self, sampler: TaskSampler, seed: int | None = None, **affine_kwargs: float) -> None:
-        if not isinstance(sampler, TaskSampler):
-            raise TypeError(f"sampler must be a TaskSampler, got {type(sampler).__name__}")
-        super().__init__(seed, sampler.device)
-        self.sampler = sampler
-        self.affine_kwargs = affine_kwargs
-        random_affine(torch.zeros(1, 1, 4, 4), **affine_kwargs)  # check the arguments now
-
-    def _sample(self, num_tasks: int) -> Task:
-        task = self.sampler._sample(num_tasks)
-        warp = lambda x: random_affine(x, generator=self.generator, **self.affine_kwargs)  # noqa: E731
-        return Task(support_x=warp(task.support_x), support_y=task.support_y,
-                    query_x=warp(task.query_x), query_y=task.query_y, info=task.info)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state(), "inner": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-        self.sampler.load_state_dict(state["inner"])

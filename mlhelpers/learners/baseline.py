@@ -75,7 +75,7 @@ def pretrain_classifier(
     Each step draws ``batch_size`` random examples of the split (with replacement) and minimises
     the cross-entropy with Adam (``lr``). With ``rotations`` each example is also turned by a random
     multiple of 90 degrees and every (class, quarter turns) pair is its own class, the convention
-    of :class:`~mlhelpers.episodes.EpisodicSampler` ``(rotations=True)``: 130 Omniglot training
+    of :class:`~mlhelpers.samplers.episodic.EpisodicSampler` ``(rotations=True)``: 130 Omniglot training
     characters give 520 classes.
 
     Args:

@@ -299,8 +299,8 @@ class InContextLearner(MetaLearner):
 
         One pass over ``x_1, y_1, ..., x_k`` (:func:`~mlhelpers.sequences.prefix_sequence`); the
         output at ``x_i`` has seen the ``i - 1`` examples before it only (context lengths
-        ``0 .. k - 1``). Shaped like the baselines of :mod:`mlhelpers.sequences`; score with
-        :func:`~mlhelpers.sequences.normalised_squared_error` against ``task.support_y``. Needs the
+        ``0 .. k - 1``). Shaped like the baselines of :mod:`mlhelpers.regression_baselines`; score with
+        :func:`~mlhelpers.regression_baselines.normalised_squared_error` against ``task.support_y``. Needs the
         interleaved layout and ``2k - 1 <= max_len``.
         """
         if self.paired:

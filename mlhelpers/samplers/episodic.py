@@ -1,65 +1,22 @@
-"""Episodic task samplers: the one way every chapter draws tasks.
+"""Episodic N-way K-shot Q-query classification episodes of a labelled dataset (Chapter 1).
 
-A sampler owns a seeded ``torch.Generator`` (so a run is reproducible and can be resumed from its
-:meth:`TaskSampler.state_dict`) and returns a batched :class:`~mlhelpers.tasks.Task` on its device.
-
-:class:`EpisodicSampler` turns any :class:`~mlhelpers.data.labelled.LabelledDataset` into N-way,
-K-shot, Q-query classification episodes (Chapter 1 introduces them). The regression families in
-:mod:`mlhelpers.data.regression` are samplers too.
+:class:`EpisodicSampler` turns any :class:`~mlhelpers.data.labelled.LabelledDataset` into
+episodes; it is a :class:`~mlhelpers.samplers.base.TaskSampler`, like the regression families of
+:mod:`mlhelpers.samplers.regression`.
 """
 
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
-from typing import Iterator
 
 import torch
 from torch import Tensor
 
 from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.seeding import make_generator
+from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int, describe
 
-
-class TaskSampler(ABC):
-    """Base class: a seeded source of task batches on a device."""
-
-    def __init__(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
-        self.generator = make_generator(seed)
-        if not isinstance(device, (str, torch.device)):
-            raise TypeError(f"device must be a str or torch.device, got {describe(device)}")
-        self.device = torch.device(device)
-
-    @abstractmethod
-    def _sample(self, num_tasks: int) -> Task:
-        """Draw ``num_tasks`` tasks on the CPU using ``self.generator``."""
-
-    def sample(self, num_tasks: int = 1) -> Task:
-        """A batch of ``num_tasks`` fresh tasks on this sampler's device."""
-        check_positive_int("num_tasks", num_tasks)
-        return self._sample(num_tasks).to(self.device)
-
-    def batches(self, meta_batch_size: int, num_batches: int | None = None) -> Iterator[Task]:
-        """Yield ``num_batches`` batches of ``meta_batch_size`` tasks (forever if None)."""
-        check_positive_int("meta_batch_size", meta_batch_size)
-        if num_batches is not None:
-            check_positive_int("num_batches", num_batches)
-        done = 0
-        while num_batches is None or done < num_batches:
-            yield self.sample(meta_batch_size)
-            done += 1
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The random state, to resume sampling exactly where it stopped."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore a :meth:`state_dict`; a ValueError says what a malformed one lacks."""
-        generator = state.get("generator") if isinstance(state, dict) else None
-        if not isinstance(generator, Tensor) or generator.dtype != torch.uint8:
-            raise ValueError(f"state must be a sampler state_dict {{'generator': uint8 tensor}}, got {describe(state)}")
-        self.generator.set_state(generator)
+ROTATIONS = 4
+"""Quarter turns per class with ``rotations=True``: 0, 90, 180 and 270 degrees."""
 
 
 class EpisodicSampler(TaskSampler):
@@ -115,12 +72,12 @@ class EpisodicSampler(TaskSampler):
 
         classes = dataset.classes_of(split)
         where = f"split {split!r}" if split is not None else "the dataset"
-        n_rot = 4 if self.rotations else 1
+        n_rot = ROTATIONS if self.rotations else 1
         # The pool of episode classes: (class id, quarter turns) pairs.
         self.pool_class = classes.repeat_interleave(n_rot)
         self.pool_rotation = torch.arange(n_rot).repeat(len(classes))
         if n_way > len(self.pool_class):
-            rot = f" ({len(classes)} x 4 rotations)" if self.rotations else ""
+            rot = f" ({len(classes)} x {ROTATIONS} rotations)" if self.rotations else ""
             raise ValueError(
                 f"asked for n_way={n_way} classes per episode but {where} has only "
                 f"{len(self.pool_class)} classes{rot}"
@@ -184,7 +141,7 @@ class EpisodicSampler(TaskSampler):
         index = self._index_table[flat[:, None], picks].view(num_tasks, self.n_way, per_class)
 
         x = self.dataset.images[index]  # [T, N, K+Q, C, H, W]
-        for quarter_turns in range(1, 4):
+        for quarter_turns in range(1, ROTATIONS):
             mask = rotations == quarter_turns
             if mask.any():
                 x[mask] = torch.rot90(x[mask], quarter_turns, dims=(-2, -1))

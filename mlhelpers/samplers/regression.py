@@ -1,6 +1,6 @@
 """Task families for regression: sinusoids (Finn et al. 2017) and random linear functions.
 
-Both are :class:`~mlhelpers.episodes.TaskSampler` s, so they draw seeded batches of tasks::
+Both are :class:`~mlhelpers.samplers.base.TaskSampler` s, so they draw seeded batches of tasks::
 
     support_x [tasks, k_shot, in_dim]    support_y [tasks, k_shot, 1]
     query_x   [tasks, q_query, in_dim]   query_y   [tasks, q_query, 1]
@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from mlhelpers.episodes import TaskSampler
+from mlhelpers.samplers.base import TaskSampler, split_support_query
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_number, check_positive_int
 
@@ -79,8 +79,7 @@ class SinusoidTasks(TaskSampler):
         phase = _uniform((num_tasks,), self.phase, g)
         x = _uniform((num_tasks, self.k_shot + self.q_query, 1), self.x_range, g)
         y = self.function(x, amplitude, phase)
-        k = self.k_shot
-        return Task(x[:, :k], y[:, :k], x[:, k:], y[:, k:], {"amplitude": amplitude, "phase": phase})
+        return split_support_query(x, y, self.k_shot, {"amplitude": amplitude, "phase": phase})
 
 
 class LinearTasks(TaskSampler):
@@ -116,5 +115,4 @@ class LinearTasks(TaskSampler):
         y = torch.einsum("tnd,td->tn", x, w)[..., None]
         if self.noise_std > 0:
             y = y + self.noise_std * torch.randn(y.shape, generator=g)
-        k = self.k_shot
-        return Task(x[:, :k], y[:, :k], x[:, k:], y[:, k:], {"w": w})
+        return split_support_query(x, y, self.k_shot, {"w": w})
