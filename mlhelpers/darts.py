@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from mlhelpers.learners.functional import Params, sgd_steps
 from mlhelpers.validation import check_positive_int
 
 
@@ -117,22 +118,29 @@ class Cell(nn.Module):
         return torch.stack(states[1:]).mean(dim=0)
 
 
+def _stem(in_channels: int, hidden_channels: int) -> nn.Module:
+    """3x3 conv to ``hidden_channels`` and a parameter-free BatchNorm: the first layer of both networks."""
+    conv = nn.Conv2d(check_positive_int("in_channels", in_channels), check_positive_int("hidden_channels", hidden_channels),
+                     3, padding=1, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(hidden_channels, affine=False, track_running_stats=False))
+
+
 class SearchNetwork(nn.Module):
     """Stem conv, ``cells`` cells sharing one architecture (2x2 max-pool after each), linear head.
 
-    ``[batch, in_channels, H, W] -> [batch, classes]``. The architecture is not a parameter of
+    ``[batch, in_channels, H, W] -> [batch, out_features]``. The architecture is not a parameter of
     the module: :meth:`forward` takes ``alphas`` ``[edges, n_ops]`` (logits; softmax per edge),
     and :meth:`init_alphas` makes a starting value.
     """
 
-    def __init__(self, in_channels: int, classes: int, channels: int = 8, cells: int = 2, nodes: int = 3,
+    def __init__(self, in_channels: int, out_features: int, hidden_channels: int = 8, cells: int = 2, nodes: int = 3,
                  operations: Sequence[str] = DEFAULT_OPERATIONS) -> None:
         super().__init__()
         self.operations = _check_operations(operations)
-        self.stem = nn.Sequential(nn.Conv2d(check_positive_int("in_channels", in_channels), channels, 3, padding=1,
-                                            bias=False), nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
-        self.cells = nn.ModuleList(Cell(channels, nodes, operations) for _ in range(check_positive_int("cells", cells)))
-        self.head = nn.Linear(channels, check_positive_int("classes", classes))
+        self.stem = _stem(in_channels, hidden_channels)
+        self.cells = nn.ModuleList(Cell(hidden_channels, nodes, operations)
+                                   for _ in range(check_positive_int("cells", cells)))
+        self.head = nn.Linear(hidden_channels, check_positive_int("out_features", out_features))
 
     @property
     def alpha_shape(self) -> tuple[int, int]:
@@ -166,17 +174,19 @@ def architecture_gradient(
     ``xi = 0`` is first-order DARTS (``w' = w``). For ``xi > 0`` the gradient includes the
     second-order term ``-xi * d^2 L_train / (d alpha d w) . grad_w' L_val`` exactly (autograd keeps
     the graph of the inner gradient), as MAML's meta-gradient does. ``network`` is called as
-    ``network(x, alphas)``; its own weights are not changed and get no gradient.
+    ``network(x, alphas)``; its own weights are not changed and get no gradient. The step to
+    ``w'`` is one step of :func:`~mlhelpers.learners.functional.sgd_steps`, MAML's inner loop.
     """
     if not isinstance(xi, (int, float)) or isinstance(xi, bool) or xi < 0:
         raise ValueError(f"xi must be a number >= 0, got {xi!r}")
     if not alphas.requires_grad:
         raise ValueError("alphas must require grad (use network.init_alphas() or alphas.requires_grad_())")
-    weights = {n: p for n, p in network.named_parameters()}
+    weights = dict(network.named_parameters())
     if xi > 0:
-        train_loss = loss_fn(functional_call(network, weights, (train_batch[0], alphas)), train_batch[1])
-        grads = torch.autograd.grad(train_loss, list(weights.values()), create_graph=True)
-        weights = {n: p - xi * g for (n, p), g in zip(weights.items(), grads)}
+        def train_loss(fast: Params) -> Tensor:
+            return loss_fn(functional_call(network, fast, (train_batch[0], alphas)), train_batch[1])
+
+        weights = sgd_steps(train_loss, weights, dict.fromkeys(weights, xi), 1, create_graph=True, functional=False)
     val_loss = loss_fn(functional_call(network, weights, (val_batch[0], alphas)), val_batch[1])
     (grad,) = torch.autograd.grad(val_loss, alphas)
     return val_loss.detach(), grad
@@ -221,18 +231,17 @@ class FixedNetwork(nn.Module):
     """The :class:`SearchNetwork` layout with a discrete architecture: what DARTS retrains.
 
     ``architecture`` names one operation per edge (e.g. the output of :func:`derive_architecture`
-    or :func:`random_architecture`), shared by all cells. ``[batch, in_channels, H, W] -> [batch, classes]``.
+    or :func:`random_architecture`), shared by all cells. ``[batch, in_channels, H, W] -> [batch, out_features]``.
     """
 
-    def __init__(self, in_channels: int, classes: int, architecture: Sequence[str], channels: int = 8,
+    def __init__(self, in_channels: int, out_features: int, architecture: Sequence[str], hidden_channels: int = 8,
                  cells: int = 2, nodes: int = 3) -> None:
         super().__init__()
         self.architecture = _check_operations(architecture)
-        self.stem = nn.Sequential(nn.Conv2d(check_positive_int("in_channels", in_channels), channels, 3, padding=1,
-                                            bias=False), nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
-        self.cells = nn.ModuleList(FixedCell(channels, architecture, nodes)
+        self.stem = _stem(in_channels, hidden_channels)
+        self.cells = nn.ModuleList(FixedCell(hidden_channels, architecture, nodes)
                                    for _ in range(check_positive_int("cells", cells)))
-        self.head = nn.Linear(channels, check_positive_int("classes", classes))
+        self.head = nn.Linear(hidden_channels, check_positive_int("out_features", out_features))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.stem(x)

@@ -14,7 +14,8 @@ tasks and episodes::
 - :func:`rollout`: sample episodes with shared or per-task parameters.
 - :func:`reinforce_loss`: the REINFORCE (policy-gradient) surrogate with a leave-one-out baseline,
   one loss per task, differentiable in the parameters (so MAML can differentiate through it).
-- :func:`adapt_policy`: a few policy-gradient steps per task, the inner loop of MAML for RL.
+- :func:`adapt_policy`: a few policy-gradient steps per task, the inner loop of MAML for RL (one
+  :func:`~mlhelpers.learners.functional.sgd_steps` step per fresh rollout).
 
 Per-task parameters are dicts ``name -> [tasks, *shape]``, as :func:`task_params` makes them.
 """
@@ -30,10 +31,9 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 from torch.func import functional_call, vmap
 
+from mlhelpers.learners.functional import Params, sgd_steps
 from mlhelpers.models import mlp
 from mlhelpers.validation import check_positive, check_positive_int, check_steps, describe
-
-Params = dict[str, Tensor]
 
 
 def sample_goals(num_tasks: int, generator: torch.Generator, low: float = -0.5, high: float = 0.5) -> Tensor:
@@ -68,10 +68,10 @@ class PointNavigation:
     def __len__(self) -> int:
         return self.goals.shape[0]
 
-    def reset(self, episodes: int) -> Tensor:
-        """Start positions (the origin), ``[tasks, episodes, 2]``."""
-        check_positive_int("episodes", episodes)
-        return self.goals.new_zeros(len(self), episodes, 2)
+    def reset(self, num_episodes: int) -> Tensor:
+        """Start positions (the origin), ``[tasks, num_episodes, 2]``."""
+        check_positive_int("num_episodes", num_episodes)
+        return self.goals.new_zeros(len(self), num_episodes, 2)
 
     def step(self, position: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """Move every point by its clipped action; return the new positions and the rewards ``[tasks, episodes]``."""
@@ -130,10 +130,10 @@ class Trajectories:
 
 @torch.no_grad()
 def rollout(
-    policy: nn.Module, env: PointNavigation, episodes: int, generator: torch.Generator, params: Params | None = None,
+    policy: nn.Module, env: PointNavigation, num_episodes: int, generator: torch.Generator, params: Params | None = None,
     deterministic: bool = False,
 ) -> Trajectories:
-    """Run ``episodes`` episodes per task of ``env`` with ``policy`` (per-task ``params`` if given).
+    """Run ``num_episodes`` episodes per task of ``env`` with ``policy`` (per-task ``params`` if given).
 
     Actions are drawn with ``generator``, so a rollout is reproducible; ``deterministic`` takes the
     mean action instead. No gradient is recorded: :func:`reinforce_loss` recomputes log-probabilities.
@@ -142,7 +142,7 @@ def rollout(
         raise TypeError(f"env must be a PointNavigation, got {describe(env)}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}")
-    position = env.reset(episodes)
+    position = env.reset(num_episodes)
     obs, acts, rews = [], [], []
     for _ in range(env.horizon):
         dist = distribution(policy, position, params)
@@ -195,26 +195,35 @@ def reinforce_loss(
 
 
 def adapt_policy(
-    policy: nn.Module, env: PointNavigation, *, inner_lr: float, steps: int, episodes: int,
-    generator: torch.Generator, params: Params | None = None, create_graph: bool = False, normalize: bool = True,
+    policy: nn.Module, env: PointNavigation, *, inner_lr: float, steps: int, num_episodes: int,
+    generator: torch.Generator, params: Params | None = None, create_graph: bool = False, normalize: bool = False,
 ) -> list[Params]:
     """``steps`` policy-gradient steps per task: the per-task parameters before and after each step.
 
-    Each step samples ``episodes`` episodes with the current per-task parameters, and moves them by
-    ``-inner_lr`` times the gradient of :func:`reinforce_loss`. With ``create_graph`` the steps stay
-    differentiable in the starting parameters (the MAML meta-gradient); without, they are detached.
-    Returns ``steps + 1`` dicts ``name -> [tasks, *shape]``.
+    Each step samples ``num_episodes`` episodes with the current per-task parameters, and moves
+    them by ``-inner_lr`` times the gradient of :func:`reinforce_loss` (``normalize`` is passed to
+    it). With ``create_graph`` the steps stay differentiable in the starting parameters (the MAML
+    meta-gradient); without, each step starts from detached parameters. Returns ``steps + 1``
+    dicts ``name -> [tasks, *shape]``.
+
+    Every step is one step of :func:`~mlhelpers.learners.functional.sgd_steps`, the inner loop of
+    the gradient learners, on a loss that samples its own trajectories first: REINFORCE's inner
+    loss needs fresh rollouts of the current policy, not a fixed :class:`~mlhelpers.tasks.Task`,
+    so the loop is over steps here (one rollout each) and RL does not go through ``MetaLearner``.
+    The per-task losses are summed: task ``t``'s parameters get the gradient of its own loss.
     """
     check_positive("inner_lr", inner_lr)
     check_steps("steps", steps)
     current = params if params is not None else task_params(policy, len(env))
     out = [current]
     for _ in range(steps):
-        traj = rollout(policy, env, episodes, generator, current)
-        loss = reinforce_loss(policy, traj, current, normalize=normalize).sum()
-        names = list(current)
-        grads = torch.autograd.grad(loss, [current[n] for n in names], create_graph=create_graph)
-        current = {n: current[n] - inner_lr * g for n, g in zip(names, grads)}
+        traj = rollout(policy, env, num_episodes, generator, current)
+
+        def loss(fast: Params, traj: Trajectories = traj) -> Tensor:
+            return reinforce_loss(policy, traj, fast, normalize=normalize).sum()
+
+        current = sgd_steps(loss, current, dict.fromkeys(current, inner_lr), 1, create_graph=create_graph,
+                            functional=False)
         if not create_graph:
             current = {n: v.detach().requires_grad_() for n, v in current.items()}
         out.append(current)

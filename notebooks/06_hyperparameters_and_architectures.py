@@ -614,7 +614,7 @@ def unrolled_alpha_gradient(net, alphas, train, val, xi):
 
 
 torch.manual_seed(0)
-tiny = SearchNetwork(1, 3, channels=4, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "max_pool3x3"))
+tiny = SearchNetwork(1, 3, hidden_channels=4, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "max_pool3x3"))
 a = tiny.init_alphas(scale=0.5)
 tiny_train = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
 tiny_val = (torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,)))
@@ -662,7 +662,7 @@ def search(xi: float, seed: int = 0):
     """DARTS: alternate an architecture step (Adam on alphas, validation batch) and a weight step."""
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
-    net = SearchNetwork(1, 20, channels=8, cells=2, nodes=3, operations=OPS)
+    net = SearchNetwork(1, 20, hidden_channels=8, cells=2, nodes=3, operations=OPS)
     alphas = net.init_alphas(generator=g)
     w_opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     a_opt = torch.optim.Adam([alphas], lr=0.03, betas=(0.5, 0.999))
@@ -734,7 +734,7 @@ def retrain(architecture, seed):
     """Train the fixed architecture on the training and validation drawers; test-drawer accuracy."""
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
-    net = FixedNetwork(1, 20, architecture, channels=8, cells=2, nodes=3)
+    net = FixedNetwork(1, 20, architecture, hidden_channels=8, cells=2, nodes=3)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     for _ in range(RETRAIN_STEPS):
         x, y = batch_of(d_fit, g)

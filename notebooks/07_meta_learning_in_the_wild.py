@@ -305,7 +305,7 @@ def meta_train_rl(iterations, adapt, seed):
     for _ in range(iterations):
         env = PointNavigation(sample_goals(RL_TASKS, g), horizon=HORIZON)
         if adapt:
-            params = adapt_policy(policy, env, inner_lr=RL_ALPHA, steps=1, episodes=RL_EPISODES, generator=g,
+            params = adapt_policy(policy, env, inner_lr=RL_ALPHA, steps=1, num_episodes=RL_EPISODES, generator=g,
                                   create_graph=True, normalize=False)[-1]
         else:
             params = None
@@ -336,7 +336,7 @@ print(f"all-goals policy: {RL_ITERS} iterations in {time.perf_counter() - start:
 def returns_after_steps(policy, goals, steps, seed):
     g = torch.Generator().manual_seed(seed)
     env = PointNavigation(goals, horizon=HORIZON)
-    trajectory = adapt_policy(policy, env, inner_lr=RL_ALPHA, steps=steps, episodes=RL_EPISODES, generator=g,
+    trajectory = adapt_policy(policy, env, inner_lr=RL_ALPHA, steps=steps, num_episodes=RL_EPISODES, generator=g,
                               normalize=False)
     out = []
     for params in trajectory:

@@ -23,7 +23,7 @@ OPS = ("zero", "skip", "conv3x3", "avg_pool3x3")
 
 def tiny_problem(seed: int = 0):
     torch.manual_seed(seed)
-    net = SearchNetwork(1, 3, channels=2, cells=1, nodes=2, operations=OPS).double()
+    net = SearchNetwork(1, 3, hidden_channels=2, cells=1, nodes=2, operations=OPS).double()
     g = torch.Generator().manual_seed(seed)
     alphas = net.init_alphas(scale=0.5, generator=g)
     batch = lambda n: (torch.randn(n, 1, 6, 6, generator=g, dtype=torch.float64),  # noqa: E731
@@ -116,9 +116,9 @@ def test_bad_inputs_name_themselves():
 
 def test_fixed_network_equals_search_network_with_one_hot_alphas():
     torch.manual_seed(0)
-    search = SearchNetwork(1, 3, channels=2, cells=2, nodes=2, operations=OPS).double()
+    search = SearchNetwork(1, 3, hidden_channels=2, cells=2, nodes=2, operations=OPS).double()
     architecture = ["conv3x3", "skip", "avg_pool3x3"]
-    fixed = FixedNetwork(1, 3, architecture, channels=2, cells=2, nodes=2).double()
+    fixed = FixedNetwork(1, 3, architecture, hidden_channels=2, cells=2, nodes=2).double()
     fixed.stem.load_state_dict(search.stem.state_dict())
     fixed.head.load_state_dict(search.head.state_dict())
     for fixed_cell, search_cell in zip(fixed.cells, search.cells):

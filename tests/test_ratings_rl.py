@@ -159,7 +159,7 @@ def test_one_adaptation_step_improves_the_return(one_thread):
     goals = sample_goals(16, torch.Generator().manual_seed(0))
     env = PointNavigation(goals, horizon=10)
     g = torch.Generator().manual_seed(1)
-    before, after = adapt_policy(policy, env, inner_lr=0.05, steps=1, episodes=40, generator=g, normalize=False)
+    before, after = adapt_policy(policy, env, inner_lr=0.05, steps=1, num_episodes=40, generator=g, normalize=False)
     r0 = rollout(policy, env, 200, g, {k: v.detach() for k, v in before.items()}).returns().mean()
     r1 = rollout(policy, env, 200, g, {k: v.detach() for k, v in after.items()}).returns().mean()
     assert r1 > r0 + 0.1, (float(r0), float(r1))
@@ -169,9 +169,9 @@ def test_adapt_policy_is_differentiable_only_with_create_graph():
     policy = GaussianPolicy(hidden=(4,))
     env = PointNavigation(sample_goals(2, torch.Generator().manual_seed(0)), horizon=3)
     g = torch.Generator().manual_seed(0)
-    fast = adapt_policy(policy, env, inner_lr=0.1, steps=1, episodes=4, generator=g, create_graph=True)[-1]
+    fast = adapt_policy(policy, env, inner_lr=0.1, steps=1, num_episodes=4, generator=g, create_graph=True)[-1]
     loss = reinforce_loss(policy, rollout(policy, env, 4, g, fast), fast).sum()
     grads = torch.autograd.grad(loss, list(policy.parameters()))
     assert all(torch.isfinite(x).all() for x in grads)
-    detached = adapt_policy(policy, env, inner_lr=0.1, steps=1, episodes=4, generator=g)[-1]
+    detached = adapt_policy(policy, env, inner_lr=0.1, steps=1, num_episodes=4, generator=g)[-1]
     assert all(v.grad_fn is None for v in detached.values())

@@ -210,7 +210,7 @@ def checkpoint_run(tmp: Path, **kwargs) -> Path:
 # --- one trigger per row --------------------------------------------------------------------
 
 def _search_network():
-    net = SearchNetwork(1, 3, channels=2, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "avg_pool3x3"))
+    net = SearchNetwork(1, 3, hidden_channels=2, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "avg_pool3x3"))
     return net, net.init_alphas(), (torch.zeros(2, 1, 6, 6), torch.zeros(2, dtype=torch.long))
 
 
@@ -242,7 +242,7 @@ TRIGGERS: dict[str, Callable] = {
     "rl-trajectories": lambda: reinforce_loss(GaussianPolicy(), [1]),
     "rl-gamma": lambda: (lambda p, e, t: reinforce_loss(p, t, gamma=2))(*_rl()),
     "rl-baseline": lambda: (lambda p, e, t: reinforce_loss(p, t))(*_rl(episodes=1)),
-    "rl-inner-lr": lambda: (lambda p, e, t: adapt_policy(p, e, inner_lr=-1, steps=1, episodes=2,
+    "rl-inner-lr": lambda: (lambda p, e, t: adapt_policy(p, e, inner_lr=-1, steps=1, num_episodes=2,
                                                          generator=torch.Generator()))(*_rl()),
     # the pretrained learner, augmentation, tuning and architecture search
     "pretrained-name": lambda: pretrained.load("resnet"),
