@@ -55,6 +55,7 @@ __all__ = [
     "OMNIGLOT_SPLITS",
     "RAW_SIZE",
     "IMAGE_SIZE",
+    "IMAGE_SHAPE",
     "preprocess",
     "preprocess_many",
     "load_omniglot",
@@ -68,6 +69,9 @@ RAW_SIZE = 105
 
 IMAGE_SIZE = 28
 """Side of a preprocessed image, in pixels: :func:`preprocess` returns ``[1, 28, 28]``."""
+
+IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
+"""``(channels, height, width)`` of a preprocessed image: what Omniglot models take."""
 
 OMNIGLOT_SHA256 = "458f0511653889349a5bedcf51a79ae2481188a85de477b8b396dc1deb2a7745"
 """sha256 of the shipped arrays' contents (see :func:`arrays_sha256`), checked on load."""
@@ -181,7 +185,7 @@ def preprocess_many(images: Iterable[Image.Image | np.ndarray | Tensor]) -> Tens
         )
     out = [_downsample(_ink(image, f"images[{i}]")) for i, image in enumerate(images)]
     if not out:
-        return torch.empty(0, 1, IMAGE_SIZE, IMAGE_SIZE)
+        return torch.empty(0, *IMAGE_SHAPE)
     return torch.stack(out)
 
 

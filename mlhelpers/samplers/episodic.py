@@ -19,6 +19,15 @@ ROTATIONS = 4
 """Quarter turns per class with ``rotations=True``: 0, 90, 180 and 270 degrees."""
 
 
+def _index_table(labels: Tensor, counts: Tensor) -> Tensor:
+    """Dataset indices of each class, padded: ``[num_classes, max count]``; the sampler never draws the padding."""
+    order = torch.argsort(labels, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    offsets = torch.arange(int(counts.max()))
+    positions = (starts[:, None] + offsets[None, :]).clamp(max=len(order) - 1)
+    return order[positions]
+
+
 class EpisodicSampler(TaskSampler):
     """N-way K-shot Q-query classification episodes from a labelled dataset.
 
@@ -105,15 +114,9 @@ class EpisodicSampler(TaskSampler):
                     f"within_group=True asked for n_way={n_way} classes from one group but the "
                     f"largest group of {where} has only {largest} classes"
                 )
-        # Dataset indices of each class, padded: [num_classes, max_count]; padding is never drawn.
-        order = torch.argsort(dataset.labels, stable=True)
-        all_counts = dataset.counts()
-        self._max_count = int(all_counts.max())
-        starts = torch.cumsum(all_counts, 0) - all_counts
-        offsets = torch.arange(self._max_count)
-        positions = (starts[:, None] + offsets[None, :]).clamp(max=len(order) - 1)
-        self._index_table = order[positions]
-        self._counts = all_counts
+        self._counts = dataset.counts()
+        self._index_table = _index_table(dataset.labels, self._counts)
+        self._max_count = self._index_table.shape[1]
 
     def _choose_pool_entries(self, num_tasks: int) -> Tensor:
         """``[tasks, n_way]`` indices into the class pool, distinct within each task."""
