@@ -72,3 +72,12 @@ def test_augmented_sampler_changes_images_not_labels_and_resumes():
     assert not torch.allclose(task.support_x, plain.support_x)
     sampler.load_state_dict(state)
     torch.testing.assert_close(sampler.sample(2).query_x, task.query_x)
+
+
+def test_wrapped_sampler_state_must_hold_both_random_states():
+    sampler = AugmentedSampler(EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0), seed=1)
+    inner_only = sampler.sampler.state_dict()
+    with pytest.raises(ValueError, match=r"state must be a wrapped sampler's state_dict .*'inner'"):
+        sampler.load_state_dict(inner_only)
+    with pytest.raises(TypeError, match="sampler must be a TaskSampler, got list"):
+        AugmentedSampler([1, 2])
