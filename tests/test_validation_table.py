@@ -168,14 +168,14 @@ class NaNLoss(MetaLearner):
         super().__init__()
         self.inner = ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)))
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         return self.inner.adapt(support_x, support_y)
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.inner.predict(adapted, query_x)
 
-    def meta_loss(self, task):
-        return super().meta_loss(task) * float("nan")
+    def _meta_loss(self, task):
+        return super()._meta_loss(task) * float("nan")
 
 
 class InfOutputs(MetaLearner):
@@ -185,10 +185,10 @@ class InfOutputs(MetaLearner):
         super().__init__()
         self.head = nn.Linear(1, 1)
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         return None
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.head(query_x) * float("inf")
 
 
