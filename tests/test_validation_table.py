@@ -406,6 +406,15 @@ def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Call
     return [("", trigger)]
 
 
+def test_learners_leave_the_checked_methods_to_the_base_class():
+    """Learners write the hooks (``_adapt``, ...), so the public methods always check their inputs."""
+    classes = [type(make()) for make, _ in LEARNERS.values()] + [pretrained.EnsembleProtoNet]
+    for cls in classes:
+        for klass in cls.__mro__[: cls.__mro__.index(MetaLearner)]:
+            overridden = {"adapt", "predict", "forward", "meta_loss"} & set(vars(klass))
+            assert not overridden, f"{klass.__name__} overrides {sorted(overridden)}: write the hook instead"
+
+
 def test_table_and_triggers_match():
     ids = [row["id"] for row in ROWS]
     assert len(ids) == len(set(ids)), "duplicate IDs in docs/validation.md"
