@@ -12,6 +12,8 @@ leading dimension::
 
 ``info`` carries per-task metadata whose first dimension is also ``tasks`` (the sinusoid's
 amplitude, the classes an episode drew, ...). It is moved between devices with the rest.
+
+:func:`check_task` is what every learner's ``forward`` and ``meta_loss`` run first.
 """
 
 from __future__ import annotations
