@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
+from mlhelpers.config import module_device
 from mlhelpers.learners.base import task_metric
 from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_positive_int
 
@@ -100,7 +101,7 @@ def evaluate(
         raise TypeError(f"learner must be a MetaLearner (an nn.Module with adapt/predict), got {type(learner).__name__}")
     if not callable(getattr(sampler, "sample", None)):
         raise TypeError(f"sampler must be a TaskSampler (with a sample(num_tasks) method), got {type(sampler).__name__}")
-    device = _device_of(learner)
+    device = module_device(learner)
     grad = torch.enable_grad() if learner.needs_grad_to_adapt else torch.no_grad()
     was_training = learner.training
     learner.eval()
@@ -131,9 +132,3 @@ def evaluate(
     mean, ci95 = mean_confidence_interval(all_values)
     return EvalResult(mean=mean, ci95=ci95, values=all_values, metric=metric)
 
-
-def _device_of(module: nn.Module) -> torch.device | None:
-    """The device of the module's first parameter (None for a module without parameters)."""
-    for p in module.parameters():
-        return p.device
-    return None

@@ -162,10 +162,10 @@ class EnsembleProtoNet(MetaLearner):
             out.append(f.unflatten(0, views.shape[:3]).mean(0))
         return torch.stack(out)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
         return class_prototypes(self.embed(support_x), support_y, int(support_y.max()) + 1)  # [M, T, N, D]
 
-    def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
         return self._log_mean_probs(adapted, self.embed(query_x))
 
     def _log_mean_probs(self, prototypes: Tensor, queries: Tensor) -> Tensor:
@@ -184,7 +184,7 @@ class EnsembleProtoNet(MetaLearner):
                                        self.transductive_steps)
         return self._log_mean_probs(prototypes, queries)
 
-    def forward(self, task: Task) -> Tensor:
+    def _forward(self, task: Task) -> Tensor:
         return self._solve(task.support_x, task.support_y, task.query_x)
 
     @torch.no_grad()

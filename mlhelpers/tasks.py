@@ -12,17 +12,19 @@ leading dimension::
 
 ``info`` carries per-task metadata whose first dimension is also ``tasks`` (the sinusoid's
 amplitude, the classes an episode drew, ...). It is moved between devices with the rest.
+
+:func:`check_task` is what every learner's ``forward`` and ``meta_loss`` run first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
-from mlhelpers.validation import check_same_device, describe
+from mlhelpers.validation import check_query, check_same_device, check_support, check_targets, describe
 
 
 @dataclass
@@ -151,3 +153,27 @@ class Task:
             torch.cat([t.query_y for t in tasks]),
             {k: torch.cat([t.info[k] for t in tasks]) for k in keys},
         )
+
+
+def check_task(task: Any, device: torch.device | None = None) -> None:
+    """Check a batch of tasks before a learner uses it (see :func:`~mlhelpers.validation.check_support`).
+
+    Also: ``task`` is a :class:`Task`; query inputs are float and finite; query
+    targets have the support targets' kind (labels or float); and, with ``device``, the task lives
+    on it (the learner's device).
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    if device is not None and task.device != device:
+        raise ValueError(
+            f"task is on {task.device} but the learner's parameters are on {device}; "
+            f"move one of them (task.to({str(device)!r}))"
+        )
+    check_support(task.support_x, task.support_y)
+    check_query(task.query_x)
+    if task.query_y.is_floating_point() != task.support_y.is_floating_point():
+        raise TypeError(
+            f"query_y must have the kind of support_y (both class labels or both float targets), "
+            f"got query_y dtype {task.query_y.dtype} and support_y dtype {task.support_y.dtype}"
+        )
+    check_targets("query_y", task.query_y)

@@ -1,7 +1,8 @@
 """Input checks shared by the package: each error names the argument, what was given and what was expected.
 
 Every helper from Chapter 1 on calls them, and the base class of the learners runs
-:func:`check_task`, :func:`check_support` and :func:`check_query` before any learner's own code.
+:func:`~mlhelpers.tasks.check_task`, :func:`check_support` and :func:`check_query` before any
+learner's own code. This module imports nothing of the package (``tasks`` imports it).
 The site's "Input validation" page lists every case; a test runs each one.
 """
 
@@ -67,6 +68,9 @@ def describe(value: Any) -> str:
 
 def transformed() -> bool:
     """True inside a ``torch.func`` transform (vmap, grad), where data-dependent checks cannot run."""
+    # torch.func has no public "inside a transform?" query (torch 2.14): is_batchedtensor is as
+    # private as this, and torch.func.debug_unwrap is documented as debug-only. The current
+    # functorch level is what torch.func itself consults; None outside every transform.
     return torch._C._functorch.maybe_current_level() is not None
 
 
@@ -172,29 +176,3 @@ def check_query(query_x: Any) -> None:
     check_tensor("query_x", query_x, min_dim=2)
     check_floating("query_x", query_x)
     check_finite("query_x", query_x)
-
-
-def check_task(task: Any, device: torch.device | None = None) -> None:
-    """Check a batch of tasks before a learner uses it (see :func:`check_support`).
-
-    Also: ``task`` is a :class:`~mlhelpers.tasks.Task`; query inputs are float and finite; query
-    targets have the support targets' kind (labels or float); and, with ``device``, the task lives
-    on it (the learner's device).
-    """
-    from mlhelpers.tasks import Task  # tasks imports this module
-
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
-    if device is not None and task.device != device:
-        raise ValueError(
-            f"task is on {task.device} but the learner's parameters are on {device}; "
-            f"move one of them (task.to({str(device)!r}))"
-        )
-    check_support(task.support_x, task.support_y)
-    check_query(task.query_x)
-    if task.query_y.is_floating_point() != task.support_y.is_floating_point():
-        raise TypeError(
-            f"query_y must have the kind of support_y (both class labels or both float targets), "
-            f"got query_y dtype {task.query_y.dtype} and support_y dtype {task.support_y.dtype}"
-        )
-    check_targets("query_y", task.query_y)

@@ -234,7 +234,9 @@ print("pixels:", results["pixels, nearest neighbour"])
 
 # %% [markdown]
 # The from-scratch learner shows that the interface does not care *how* a learner adapts: this one
-# runs a whole training loop inside `adapt`, one fresh network per task.
+# runs a whole training loop inside `adapt`, one fresh network per task. A learner writes the two
+# hooks `_adapt` and `_predict`; the base class's public `adapt` and `predict` check the inputs
+# (shapes, dtypes, finite values, device) and then call them.
 
 
 # %%
@@ -245,7 +247,7 @@ class FromScratch(MetaLearner):
         super().__init__()
         self.steps, self.lr, self.n_way = steps, lr, n_way
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         nets = []
         for x, y in zip(support_x, support_y):
             net = conv4(hidden_channels=32, out_features=self.n_way).to(x.device)
@@ -257,7 +259,7 @@ class FromScratch(MetaLearner):
             nets.append(net.eval())
         return nets
 
-    def predict(self, nets, query_x):
+    def _predict(self, nets, query_x):
         with torch.no_grad():
             return torch.stack([net(x) for net, x in zip(nets, query_x)])
 
@@ -447,7 +449,7 @@ class FineTune(MetaLearner):
         super().__init__()
         self.start, self.steps, self.lr = start, steps, lr
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         nets = []
         for x, y in zip(support_x, support_y):
             net = mlp(1, 1).to(x.device)
@@ -461,7 +463,7 @@ class FineTune(MetaLearner):
             nets.append(net)
         return nets
 
-    def predict(self, nets, query_x):
+    def _predict(self, nets, query_x):
         with torch.no_grad():
             return torch.stack([net(x) for net, x in zip(nets, query_x)])
 

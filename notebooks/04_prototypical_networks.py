@@ -819,7 +819,7 @@ class CosineProtoNet(ProtoNet):
     def embed(self, x):
         return F.normalize(super().embed(x), dim=-1)
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return 10 * torch.einsum("tqd,tnd->tqn", self.embed(query_x), F.normalize(adapted, dim=-1))
 
 

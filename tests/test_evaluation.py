@@ -20,14 +20,14 @@ class OneStepLinear(MetaLearner):
         self.inner_lr = inner_lr
         self.modes_seen: list[bool] = []
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         self.modes_seen.append(self.training)
         w = self.w.expand(len(support_x), -1, -1)
         loss = (support_x @ w - support_y).pow(2).mean()
         (grad,) = torch.autograd.grad(loss, w, create_graph=self.training)
         return w - self.inner_lr * grad
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return query_x @ adapted
 
 
@@ -122,7 +122,7 @@ def test_gradient_based_adaptation_works_and_mode_is_restored():
 
 def test_mode_is_restored_when_the_learner_fails():
     class Broken(OneStepLinear):
-        def predict(self, adapted, query_x):
+        def _predict(self, adapted, query_x):
             raise RuntimeError("boom")
 
     learner = Broken(2).train()
@@ -136,9 +136,9 @@ def test_learners_that_adapt_without_gradients_may_run_under_no_grad():
         needs_grad_to_adapt = False
         grad_enabled: list[bool] = []
 
-        def adapt(self, support_x, support_y):
+        def _adapt(self, support_x, support_y):
             self.grad_enabled.append(torch.is_grad_enabled())
-            return super().adapt(support_x, support_y)
+            return super()._adapt(support_x, support_y)
 
     learner = NoGradProto(nn.Flatten())
     evaluate(learner, EpisodicSampler(synthetic_dataset(), 3, 1, 1, seed=0), num_episodes=2)

@@ -13,7 +13,7 @@ from torch.func import functional_call
 from conftest import make_dataset
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile, task_loss
-from mlhelpers.learners.functional import plain_norms, resolve_strategy
+from mlhelpers.learners.functional import PlainNorm, resolve_strategy, with_plain_norms
 from mlhelpers.models import conv4, mlp
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import SinusoidTasks
@@ -298,12 +298,15 @@ def test_plain_norms_compute_what_the_fused_kernels_compute():
         for p in model.parameters():
             p.uniform_(0.5, 1.5)
     x = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    expected = model(x)
-    with plain_norms(model) as swapped:
-        assert swapped == 3  # group norm is exact under vmap and stays fused
-        assert "forward" in vars(model[0])
-        torch.testing.assert_close(model(x), expected)
-    assert "forward" not in vars(model[0]), "the fused forward must come back"
+    plain = with_plain_norms(model)
+    # group norm is exact under vmap and stays fused
+    assert [type(m) for m in plain] == [PlainNorm, PlainNorm, PlainNorm, nn.GroupNorm]
+    assert [type(m) for m in model] == [nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm, nn.GroupNorm], \
+        "the model itself must be left alone"
+    params = dict(model.named_parameters())
+    assert all(params[n] is p for n, p in plain.named_parameters()) and len(params) == len(list(plain.parameters())), \
+        "same names, same tensors"
+    torch.testing.assert_close(plain(x), model(x))
 
 
 @pytest.fixture

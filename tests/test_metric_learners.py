@@ -99,16 +99,16 @@ def test_predictions_invariant_to_support_order(name):
 
 @pytest.mark.parametrize("name", CHECKS_LABELS)
 @pytest.mark.parametrize(
-    "labels, message",
+    "labels, error, message",
     [
-        ([[0, 1, -1]], "must lie in 0..1"),
-        ([[0, 2, 2]], "class 1 has none in task 0"),
-        ([[0.0, 1.0, 1.0]], "integer class labels"),
+        ([[0, 1, -1]], ValueError, "must lie in 0..1"),
+        ([[0, 2, 2]], ValueError, "class 1 has none in task 0"),
+        ([[0.0, 1.0, 1.0]], TypeError, "integer class labels"),
     ],
 )
-def test_bad_support_labels_raise(name, labels, message):
+def test_bad_support_labels_raise(name, labels, error, message):
     learner = small_learner(name)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         learner.adapt(torch.rand(1, 3, 1, 8, 8), torch.tensor(labels))
 
 
@@ -155,7 +155,7 @@ def test_matching_net_probabilities_sum_to_one_and_scale_is_learnable():
     learner.meta_loss(task).backward()
     assert learner.log_scale.grad is not None and learner.log_scale.grad != 0
     assert "log_scale" not in dict(MatchingNet(nn.Flatten(), learn_scale=False).named_parameters())
-    with pytest.raises(ValueError, match="scale must be a positive"):
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
         MatchingNet(nn.Flatten(), scale=0.0)
 
 

@@ -65,12 +65,12 @@ class RidgeRegression(MetaLearner):
         f = self.features(x)
         return torch.cat([f, torch.ones_like(f[..., :1])], dim=-1)
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         p = self.phi(support_x)  # [T, K, D+1]
         gram = p.transpose(1, 2) @ p + self.ridge * torch.eye(p.shape[-1])
         return torch.linalg.solve(gram, p.transpose(1, 2) @ support_y)  # [T, D+1, 1]
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.phi(query_x) @ adapted
 
 
@@ -149,15 +149,15 @@ class NaNAfter(MetaLearner):
         self.inner = mlp_protonet()
         self.bad_step, self.calls = bad_step, 0
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         return self.inner.adapt(support_x, support_y)
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.inner.predict(adapted, query_x)
 
-    def meta_loss(self, task):
+    def _meta_loss(self, task):
         self.calls += 1
-        loss = super().meta_loss(task)
+        loss = super()._meta_loss(task)
         return loss * float("nan") if self.calls == self.bad_step else loss
 
 

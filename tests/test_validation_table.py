@@ -169,14 +169,14 @@ class NaNLoss(MetaLearner):
         super().__init__()
         self.inner = ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)))
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         return self.inner.adapt(support_x, support_y)
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.inner.predict(adapted, query_x)
 
-    def meta_loss(self, task):
-        return super().meta_loss(task) * float("nan")
+    def _meta_loss(self, task):
+        return super()._meta_loss(task) * float("nan")
 
 
 class InfOutputs(MetaLearner):
@@ -186,10 +186,10 @@ class InfOutputs(MetaLearner):
         super().__init__()
         self.head = nn.Linear(1, 1)
 
-    def adapt(self, support_x, support_y):
+    def _adapt(self, support_x, support_y):
         return None
 
-    def predict(self, adapted, query_x):
+    def _predict(self, adapted, query_x):
         return self.head(query_x) * float("inf")
 
 
@@ -405,6 +405,15 @@ def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Call
     if trigger.__code__.co_argcount == 1:
         return [("", lambda: trigger(tmp_path))]
     return [("", trigger)]
+
+
+def test_learners_leave_the_checked_methods_to_the_base_class():
+    """Learners write the hooks (``_adapt``, ...), so the public methods always check their inputs."""
+    classes = [type(make()) for make, _ in LEARNERS.values()] + [pretrained.EnsembleProtoNet]
+    for cls in classes:
+        for klass in cls.__mro__[: cls.__mro__.index(MetaLearner)]:
+            overridden = {"adapt", "predict", "forward", "meta_loss"} & set(vars(klass))
+            assert not overridden, f"{klass.__name__} overrides {sorted(overridden)}: write the hook instead"
 
 
 def test_table_and_triggers_match():

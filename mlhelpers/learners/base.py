@@ -13,16 +13,14 @@ reading the support set as a sequence. All are batched over tasks::
 
 from __future__ import annotations
 
-import functools
-import threading
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mlhelpers.tasks import Task
+from mlhelpers.config import module_device
+from mlhelpers.tasks import Task, check_task
 from mlhelpers.validation import (
     INTEGER_LABEL_DTYPES,
     check_floating,
@@ -30,7 +28,6 @@ from mlhelpers.validation import (
     check_query,
     check_same_device,
     check_support,
-    check_task,
     check_tensor,
 )
 
@@ -81,66 +78,19 @@ def task_metric(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).pow(2).flatten(1).mean(dim=1)
 
 
-# Inputs are checked once per public call: nested calls (forward -> adapt -> predict) skip it.
-_depth = threading.local()
-
-
-def _parameter_device(module: nn.Module) -> torch.device | None:
-    for p in module.parameters():
-        return p.device
-    return None
-
-
-def _checked(method: Callable[..., Any], check: Callable[..., None]) -> Callable[..., Any]:
-    """``method`` with ``check(self, *args)`` run first, unless called from another checked method."""
-
-    @functools.wraps(method)
-    def wrapper(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        depth = getattr(_depth, "value", 0)
-        if depth == 0:
-            check(self, *args, **kwargs)
-        _depth.value = depth + 1
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            _depth.value = depth
-
-    wrapper.__checked__ = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _check_task_call(self: nn.Module, task: Any, *args: Any, **kwargs: Any) -> None:
-    check_task(task, _parameter_device(self))
-
-
-def _check_adapt_call(self: nn.Module, support_x: Any, support_y: Any, *args: Any, **kwargs: Any) -> None:
-    device = _parameter_device(self)
-    if device is not None and isinstance(support_x, Tensor) and support_x.device != device:
-        raise ValueError(f"support_x is on {support_x.device} but the learner's parameters are on {device}")
-    check_support(support_x, support_y)
-
-
-def _check_predict_call(self: nn.Module, adapted: Any, query_x: Any, *args: Any, **kwargs: Any) -> None:
-    device = _parameter_device(self)
-    if device is not None and isinstance(query_x, Tensor) and query_x.device != device:
-        raise ValueError(f"query_x is on {query_x.device} but the learner's parameters are on {device}")
-    check_query(query_x)
-
-
-_CHECKS = {
-    "forward": _check_task_call,
-    "meta_loss": _check_task_call,
-    "adapt": _check_adapt_call,
-    "predict": _check_predict_call,
-}
-
-
 class MetaLearner(nn.Module, ABC):
-    """Base class: subclasses implement :meth:`adapt` and :meth:`predict`.
+    """Base class: subclasses implement the hooks :meth:`_adapt` and :meth:`_predict`.
 
-    :meth:`meta_loss` is what the training loop minimises; learners whose meta-update is not the
-    gradient of the post-adaptation query loss (first-order MAML, Reptile) override it with a
-    surrogate whose gradient is their update.
+    The public methods :meth:`adapt`, :meth:`predict`, :meth:`forward` (``learner(task)``) and
+    :meth:`meta_loss` check their inputs (:func:`~mlhelpers.tasks.check_task`,
+    :func:`~mlhelpers.validation.check_support`, :func:`~mlhelpers.validation.check_query`)
+    and then call the hook of the same name with an underscore. Subclasses override the hooks,
+    never the public methods, and hooks call hooks, so a nested call does not check again.
+
+    :meth:`_meta_loss` is what the training loop minimises; learners whose meta-update is not
+    the gradient of the post-adaptation query loss (first-order MAML, Reptile) override it with a
+    surrogate whose gradient is their update. :meth:`_forward` may be overridden too (a
+    transductive learner uses the query inputs while adapting).
 
     ``needs_grad_to_adapt``: whether :meth:`adapt` takes gradient steps. Evaluation runs learners
     that set it to False (metric learners) under ``torch.no_grad()`` to save memory.
@@ -148,33 +98,50 @@ class MetaLearner(nn.Module, ABC):
 
     needs_grad_to_adapt: bool = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every learner's ``forward``, ``meta_loss``, ``adapt`` and ``predict`` check their inputs
-        (:func:`~mlhelpers.validation.check_task`, :func:`~mlhelpers.validation.check_support`,
-        :func:`~mlhelpers.validation.check_query`) before running, so a bad task fails with an
-        error naming the argument, whatever the learner."""
-        super().__init_subclass__(**kwargs)
-        for name, check in _CHECKS.items():
-            method = cls.__dict__.get(name)
-            if callable(method) and not getattr(method, "__checked__", False):
-                setattr(cls, name, _checked(method, check))
+    # --- the public interface: check the inputs, then run the hook ----------------------------
 
-    @abstractmethod
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Any:
         """Adapt to each task's support set ``[tasks, n_support, ...]``; return the adapted state."""
+        self._check_device("support_x", support_x)
+        check_support(support_x, support_y)
+        return self._adapt(support_x, support_y)
 
-    @abstractmethod
     def predict(self, adapted: Any, query_x: Tensor) -> Tensor:
         """Outputs ``[tasks, n_query, out]`` on the query inputs, using the adapted state."""
+        self._check_device("query_x", query_x)
+        check_query(query_x)
+        return self._predict(adapted, query_x)
 
     def forward(self, task: Task) -> Tensor:
         """Adapt on the support set and predict the query set: ``[tasks, n_query, out]``."""
-        return self.predict(self.adapt(task.support_x, task.support_y), task.query_x)
+        check_task(task, module_device(self))
+        return self._forward(task)
 
     def meta_loss(self, task: Task) -> Tensor:
         """Scalar query loss after adaptation, averaged over the batch of tasks."""
-        return task_loss(self(task), task.query_y)
+        check_task(task, module_device(self))
+        return self._meta_loss(task)
 
+    def _check_device(self, name: str, x: Any) -> None:
+        """A ValueError naming ``name`` if the tensor ``x`` is not on the learner's device."""
+        device = module_device(self)
+        if device is not None and isinstance(x, Tensor) and x.device != device:
+            raise ValueError(f"{name} is on {x.device} but the learner's parameters are on {device}")
 
-for _name, _check in _CHECKS.items():
-    setattr(MetaLearner, _name, _checked(getattr(MetaLearner, _name), _check))
+    # --- hooks: what subclasses implement, on inputs already checked --------------------------
+
+    @abstractmethod
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Any:
+        """:meth:`adapt` without the checks."""
+
+    @abstractmethod
+    def _predict(self, adapted: Any, query_x: Tensor) -> Tensor:
+        """:meth:`predict` without the checks."""
+
+    def _forward(self, task: Task) -> Tensor:
+        """:meth:`forward` without the checks: predict the query set after adapting on the support set."""
+        return self._predict(self._adapt(task.support_x, task.support_y), task.query_x)
+
+    def _meta_loss(self, task: Task) -> Tensor:
+        """:meth:`meta_loss` without the checks: :func:`task_loss` of :meth:`_forward`."""
+        return task_loss(self._forward(task), task.query_y)

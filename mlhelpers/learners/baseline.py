@@ -236,11 +236,11 @@ class NearestCentroid(MetaLearner):
             f = F.normalize(f, dim=-1)
         return f
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
         one_hot = support_one_hot(support_y)  # [T, S, N]
         features = self.features(support_x)
         one_hot = one_hot.to(features.device, features.dtype)
         return torch.einsum("tsn,tsd->tnd", one_hot, features) / one_hot.sum(dim=1)[..., None]
 
-    def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
         return -torch.cdist(self.features(query_x), adapted).pow(2)

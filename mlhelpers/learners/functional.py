@@ -8,8 +8,10 @@ Chapter 2 writes meta-learning as a bilevel problem; Chapter 3 builds MAML from 
   second-order meta-gradients (``create_graph=True``) or treating them as constants (first order).
 - :func:`map_tasks`: run a per-task function over a batch of tasks, either with a Python loop
   (native modules, ``torch.autograd.grad``) or with ``torch.func.vmap`` (``torch.func.grad``).
-- :func:`plain_norms`: a context in which batch, instance and layer norm run as plain tensor
-  operations, because PyTorch's fused kernels give wrong second-order gradients under ``vmap``.
+- :func:`with_plain_norms`: a copy of a module, sharing its parameters, whose batch, instance and
+  layer norms run as plain tensor operations, because PyTorch's fused kernels give wrong
+  second-order gradients under ``vmap``.
+- :func:`shallow_replica`: new module objects over the same parameters (for threads and the above).
 - :func:`check_no_running_stats`: refuse norm layers whose running statistics would leak
   between tasks.
 
@@ -20,9 +22,8 @@ dimension.
 
 from __future__ import annotations
 
-import contextlib
-import types
-from typing import Any, Callable, Iterator, Literal, Mapping
+import copy
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +32,12 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mlhelpers.validation import check_steps
 
-Strategy = Literal["auto", "loop", "threads", "vmap"]
 STRATEGIES: tuple[str, ...] = ("auto", "loop", "threads", "vmap")
 
 Params = dict[str, Tensor]
+"""Fast weights: parameter name -> tensor (with a leading ``[tasks]`` dim when batched)."""
+
+M = TypeVar("M", bound=nn.Module)
 
 
 # --- argument checks --------------------------------------------------------------------------
@@ -78,15 +81,10 @@ def check_no_running_stats(model: nn.Module) -> None:
 # --- norms as plain tensor operations ---------------------------------------------------------
 
 
-def _affine(module: nn.Module, y: Tensor, trailing: int) -> Tensor:
-    """``y * weight + bias`` with the parameters broadcast over ``trailing`` dims after channels."""
-    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-    shape = (-1,) + (1,) * trailing
-    if weight is not None:
-        y = y * weight.reshape(shape)
-    if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
+def shallow_replica(module: M) -> M:
+    """A copy of ``module``'s module objects that shares its parameters and buffers (same tensors)."""
+    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return copy.deepcopy(module, memo)
 
 
 def _normalise(x: Tensor, dims: list[int], eps: float) -> Tensor:
@@ -95,69 +93,63 @@ def _normalise(x: Tensor, dims: list[int], eps: float) -> Tensor:
     return (x - mean) * torch.rsqrt(var + eps)
 
 
-def _plain_batch_norm(self: _BatchNorm, x: Tensor) -> Tensor:
-    # x [N, C, *spatial]: statistics over all examples and positions, per channel.
-    y = _normalise(x, [0, *range(2, x.dim())], self.eps)
-    return _affine(self, y, x.dim() - 2)
+class PlainNorm(nn.Module):
+    """A batch, instance or layer norm written as means and products, holding the norm's parameters.
+
+    ``kind`` is ``"batch"`` (statistics per channel, over examples and positions of
+    ``[N, C, *spatial]``), ``"instance"`` (per example and channel, over the ``trailing``
+    positions) or ``"layer"`` (over the ``trailing`` dims of ``normalized_shape``). ``weight``
+    and ``bias`` are the original layer's parameter objects (or None) under the same names, so
+    ``functional_call`` substitutes fast weights as it would in the original layer.
+    """
+
+    def __init__(self, norm: nn.Module, kind: str, trailing: int) -> None:
+        super().__init__()
+        self.kind, self.trailing, self.eps = kind, trailing, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "batch":
+            y = _normalise(x, [0, *range(2, x.dim())], self.eps)
+            shape = (-1,) + (1,) * (x.dim() - 2)  # the affine parameters are per channel
+        else:
+            y = _normalise(x, list(range(x.dim() - self.trailing, x.dim())), self.eps)
+            shape = (-1,) + (1,) * self.trailing if self.kind == "instance" else None
+        weight, bias = self.weight, self.bias
+        if weight is not None:
+            y = y * (weight if shape is None else weight.reshape(shape))
+        if bias is not None:
+            y = y + (bias if shape is None else bias.reshape(shape))
+        return y
 
 
-def _plain_instance_norm(self: _InstanceNorm, x: Tensor) -> Tensor:
-    # x [(N,) C, *spatial]: statistics over positions, per example and channel.
-    spatial = self._get_no_batch_dim() - 1
-    y = _normalise(x, list(range(x.dim() - spatial, x.dim())), self.eps)
-    return _affine(self, y, spatial)
-
-
-def _plain_layer_norm(self: nn.LayerNorm, x: Tensor) -> Tensor:
-    k = len(self.normalized_shape)
-    y = _normalise(x, list(range(x.dim() - k, x.dim())), self.eps)
-    if self.weight is not None:
-        y = y * self.weight
-    if self.bias is not None:
-        y = y + self.bias
-    return y
-
-
-def _plain_forward(module: nn.Module) -> Callable | None:
+def _plain(module: nn.Module) -> PlainNorm | None:
+    """The :class:`PlainNorm` standing in for ``module``, or None if it is not a fused norm to swap."""
     if isinstance(module, _BatchNorm) and not module.track_running_stats:
-        return _plain_batch_norm
+        return PlainNorm(module, "batch", 0)
     if isinstance(module, _InstanceNorm) and not module.track_running_stats:
-        return _plain_instance_norm
+        return PlainNorm(module, "instance", module._get_no_batch_dim() - 1)
     if type(module) is nn.LayerNorm:
-        return _plain_layer_norm
+        return PlainNorm(module, "layer", len(module.normalized_shape))
     return None
 
 
-@contextlib.contextmanager
-def plain_norms(model: nn.Module) -> Iterator[int]:
-    """Within the context, batch/instance/layer norm layers of ``model`` use plain tensor ops.
+def with_plain_norms(module: M) -> M:
+    """A :func:`shallow_replica` of ``module`` whose batch/instance/layer norms are :class:`PlainNorm`.
 
-    Yields the number of layers swapped. Measured with torch 2.14 (float64, one inner step):
-    under ``vmap`` the second-order meta-gradient through the fused norm kernels is off by
-    0.1-5% (layer, instance and batch norm; group norm is right), first-order gradients are
-    right, and the same formulas written as means and products are exact. Only the layers'
-    ``forward`` is replaced (on the instance, restored on exit); parameters stay where they are,
-    so ``functional_call`` still substitutes fast weights.
+    The same function of the same parameters; ``module`` itself is left alone. Why (Chapter 3):
+    measured with torch 2.14 in float64, under ``vmap`` the second-order meta-gradient through
+    PyTorch's fused batch, instance and layer norm kernels is off by 0.1-5% (group norm is
+    right, and so are first-order gradients), while the same formulas as means and products are
+    exact. Norms with running statistics are refused earlier (:func:`check_no_running_stats`).
     """
-    patched: list[tuple[nn.Module, Any]] = []
-    try:
-        for module in model.modules():
-            forward = _plain_forward(module)
-            if forward is not None:
-                patched.append((module, module.__dict__.get("forward")))
-                module.forward = types.MethodType(forward, module)
-        yield len(patched)
-    finally:
-        for module, previous in patched:
-            if previous is None:
-                del module.forward
-            else:
-                module.forward = previous
-
-
-def has_fused_norms(model: nn.Module) -> bool:
-    """Whether ``model`` holds a layer that :func:`plain_norms` would swap."""
-    return any(_plain_forward(m) is not None for m in model.modules())
+    replica = shallow_replica(module)
+    for parent in list(replica.modules()):
+        for name, child in list(parent.named_children()):
+            plain = _plain(child)
+            if plain is not None:
+                setattr(parent, name, plain)
+    return replica
 
 
 # --- the inner loop ---------------------------------------------------------------------------

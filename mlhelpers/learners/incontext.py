@@ -27,12 +27,9 @@ from mlhelpers.sequences import (
     token_width,
     x_positions,
 )
-from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int
-
-
-def _describe(value: object) -> object:
-    return tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+from mlhelpers.config import module_device
+from mlhelpers.tasks import Task, check_task
+from mlhelpers.validation import check_positive_int, check_tensor, describe
 
 
 class CausalSelfAttention(nn.Module):
@@ -118,9 +115,9 @@ class CausalTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != self.d_model:
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"tokens must be [batch, length, d_model={self.d_model}], got {shape}")
+        check_tensor("tokens", tokens)
+        if tokens.dim() != 3 or tokens.shape[-1] != self.d_model:
+            raise ValueError(f"tokens must be [batch, length, d_model={self.d_model}], got shape {tuple(tokens.shape)}")
         length = tokens.shape[1]
         if length > self.max_len:
             raise ValueError(f"a sequence of {length} tokens is longer than max_len={self.max_len}")
@@ -225,15 +222,11 @@ class InContextLearner(MetaLearner):
     def paired(self) -> bool:
         return self.layout == "paired"
 
-    def sequence_length(self, k: int) -> int:
-        """Tokens in a query sequence with ``k`` support examples: ``2k + 1`` or, paired, ``k + 1``."""
-        return k + 1 if self.paired else 2 * k + 1
-
     def encode(self, x: Tensor, name: str = "x") -> Tensor:
         """Inputs ``[tasks, n, *x_shape]`` -> input tokens ``[tasks, n, W]``."""
-        if not isinstance(x, Tensor) or x.dim() < 3:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"{name} must be [tasks, n, *x_shape], got {shape}")
+        check_tensor(name, x)
+        if x.dim() < 3:
+            raise ValueError(f"{name} must be [tasks, n, *x_shape], got shape {tuple(x.shape)}")
         if isinstance(self.encoder, nn.Identity):
             if x.dim() != 3 or x.shape[-1] != self.in_features:
                 raise ValueError(
@@ -250,17 +243,16 @@ class InContextLearner(MetaLearner):
                 )
         return input_tokens(features, self.width, name=name)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> InContextState:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> InContextState:
         """Encode the support set; no parameters change. Raises a ValueError naming a bad argument."""
         return self._encode_support(support_x, support_y, extra_tokens=1)
 
     def _encode_support(self, support_x: Tensor, support_y: Tensor, extra_tokens: int) -> InContextState:
-        """:meth:`adapt` for sequences of ``2k + extra_tokens`` tokens (1: a query; -1: a prefix).
-
-        Paired sequences have ``k + 1`` tokens.
+        """:meth:`adapt` of checked tensors, for sequences of ``2k + extra_tokens`` tokens (1: a
+        query; -1: a prefix). Paired sequences have ``k + 1`` tokens.
         """
-        if not isinstance(support_x, Tensor) or support_x.dim() < 3:
-            raise ValueError(f"support_x must be [tasks, k, *x_shape], got {_describe(support_x)}")
+        if support_x.dim() < 3:
+            raise ValueError(f"support_x must be [tasks, k, *x_shape], got shape {tuple(support_x.shape)}")
         k = support_x.shape[1]
         per_example, what = (1, "k") if self.paired else (2, "2k")
         if per_example * k + extra_tokens > self.max_len:
@@ -269,10 +261,10 @@ class InContextLearner(MetaLearner):
                 f"{per_example * k + extra_tokens} tokens, longer than max_len={self.max_len}"
             )
         expected = support_x.shape[:2] if self.n_way is not None else (*support_x.shape[:2], self.out_features)
-        if not isinstance(support_y, Tensor) or support_y.shape != expected:
+        if support_y.shape != expected:
             raise ValueError(
                 f"support_y must have shape {tuple(expected)} to match support_x "
-                f"{tuple(support_x.shape)}, got {_describe(support_y)}"
+                f"{tuple(support_x.shape)}, got {describe(support_y)}"
             )
         y_tokens = label_tokens(support_y, self.width, n_way=self.n_way, paired=self.paired, name="support_y")
         return InContextState(self.encode(support_x, "support_x"), y_tokens)
@@ -290,7 +282,7 @@ class InContextLearner(MetaLearner):
         outputs = self.read_out(self.transformer(self.read_in(sequences)))
         return outputs.unflatten(0, query_tokens.shape[:2])
 
-    def predict(self, adapted: InContextState, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: InContextState, query_x: Tensor) -> Tensor:
         """``[tasks, n_query, out]``: the output at each query sequence's last token."""
         return self._query_outputs(adapted, query_x)[:, :, -1]
 
@@ -305,18 +297,19 @@ class InContextLearner(MetaLearner):
         """
         if self.paired:
             raise ValueError("prefix_predictions needs layout='interleaved': a paired token holds its own label")
+        check_task(task, module_device(self))
         state = self._encode_support(task.support_x, task.support_y, extra_tokens=-1)
         sequence = prefix_sequence(state.x_tokens, state.y_tokens)  # [T, 2k - 1, W]
         outputs = self.read_out(self.transformer(self.read_in(sequence)))
         return outputs[:, x_positions(task.n_support).to(outputs.device)]
 
-    def meta_loss(self, task: Task) -> Tensor:
+    def _meta_loss(self, task: Task) -> Tensor:
         """Query loss; with ``loss_on_all_positions`` also the loss at every support ``x`` position.
 
         The support positions come for free: in each (causal) query sequence the outputs at
         ``x_1 .. x_k`` are exactly :meth:`prefix_predictions`.
         """
-        outputs = self._query_outputs(self.adapt(task.support_x, task.support_y), task.query_x)
+        outputs = self._query_outputs(self._adapt(task.support_x, task.support_y), task.query_x)
         query = outputs[:, :, -1]
         if not self.loss_on_all_positions:
             return task_loss(query, task.query_y)

@@ -1,9 +1,9 @@
 """MAML and its relatives: learn an initialisation that a few gradient steps adapt to a task.
 
 Chapter 2 derives the bilevel problem and its meta-gradient; Chapter 3 builds MAML from scratch
-with ``torch.func.functional_call``. The learners here wrap any ``nn.Module`` and work for
-regression (MSE) and classification (cross-entropy), chosen by the label dtype
-(:func:`~mlhelpers.learners.base.task_loss`):
+with ``torch.func.functional_call`` and measures the strategies below. The learners wrap any
+``nn.Module`` and work for regression (MSE) and classification (cross-entropy), chosen by the
+label dtype (:func:`~mlhelpers.learners.base.task_loss`):
 
 - :class:`MAML` (Finn et al. 2017): second- or first-order meta-gradients, any number of steps.
 - :class:`MetaSGD` (Li et al. 2017): a learned learning rate for every weight.
@@ -18,58 +18,33 @@ holding the adapted parameters only (all of them for MAML, the head's for ANIL, 
 ``requires_grad=False`` are neither adapted nor meta-learned.
 
 Modes. In training mode adapt takes ``inner_steps`` steps and, unless ``first_order``, keeps the
-graph of the inner gradients (``create_graph=True``) so that ``meta_loss(task).backward()``
-gives the exact second-order meta-gradient. In eval mode (what
-:func:`~mlhelpers.evaluation.evaluate` uses) it takes ``eval_inner_steps`` steps (default:
-``inner_steps``; Finn et al. train with 1 and test with 10) and treats inner gradients as
-constants: same predictions, far less memory. Under ``torch.no_grad()`` the fast weights are
-detached from the initial weights.
+graph of the inner gradients (``create_graph=True``), so ``meta_loss(task).backward()`` gives the
+exact second-order meta-gradient. In eval mode (what :func:`~mlhelpers.evaluation.evaluate`
+uses) it takes ``eval_inner_steps`` steps (default ``inner_steps``; Finn et al. train with 1 and
+test with 10) and treats inner gradients as constants: same predictions, far less memory. Under
+``torch.no_grad()`` the fast weights are detached from the initial weights.
 
-Batching over tasks (``strategy``):
+Batching over tasks (``strategy``); all give the same meta-gradient (the tests check it):
 
-- ``"loop"``: task after task in the calling thread, with native modules and
-  ``torch.autograd.grad``; each kernel may use several cores (intra-op parallelism).
-- ``"threads"``: the same per-task computation, with tasks spread over
-  ``torch.get_num_threads()`` worker threads of one intra-op thread each
-  (:mod:`~mlhelpers.learners.parallel`). ``meta_loss`` then computes each task's meta-gradient in
-  its worker and frees the task's graph at once, so memory holds a few tasks, not the batch;
-  ``forward`` (evaluation) adapts and predicts each task in a worker; ``adapt`` and ``predict``
-  called directly run as ``"loop"``. Use it for large meta-batches or on a shared machine.
-- ``"vmap"``: the whole inner loop of all tasks at once with ``torch.func.vmap`` and
-  ``torch.func.grad``.
+- ``"loop"``: task after task in the calling thread (native modules, ``torch.autograd.grad``);
+  each kernel may use several cores.
+- ``"threads"``: the same per-task computation, tasks spread over ``torch.get_num_threads()``
+  worker threads of one intra-op thread each (:mod:`~mlhelpers.learners.parallel`).
+  ``meta_loss`` frees each task's graph once its meta-gradient is known, so memory holds a few
+  tasks, not the batch; ``forward`` adapts and predicts each task in a worker; ``adapt`` and
+  ``predict`` called directly run as ``"loop"``. For large meta-batches or a shared machine.
+- ``"vmap"``: the whole inner loop of all tasks at once (``torch.func.vmap`` and ``grad``).
 - ``"auto"`` (default): ``"loop"`` on the CPU, ``"vmap"`` on accelerators.
 
-Measured on this book's 2-core CPU (torch 2.14, float32; ``bench/meta_step.py``, whose table
-Chapter 3 shows), one meta-step of conv4 (64 channels) on 32 tasks of 5-way 1-shot, on an idle
-machine: the loop was 12-15% faster than tasks in threads with one inner step, tasks in threads
-18% faster with five, where the loop holds every task's graph until the backward pass (2.6 GB
-against 0.2 GB); in earlier runs, with other jobs loading the cores, tasks in threads were the
-faster strategy throughout. With one thread, ``"vmap"`` was slower than the loop and used more
-memory (``norm="task"``, 8 tasks: loop 1.1 s / +0.6 GB, vmap 1.9 s / +1.4 GB). On a GPU, vmap
-turns many small kernels into a few large ones.
-
-Normalisation policy (explained in Chapter 3):
-
-- **Running statistics are refused.** A norm layer with ``track_running_stats=True`` (plain
-  ``nn.BatchNorm2d``, ``conv4(norm="batch")``) updates its running mean and variance in place at
-  every forward pass, even inside ``functional_call``: one task's support set leaks into the next
-  task and into evaluation. The learners raise a ValueError; use ``conv4(norm="task")``
-  (batch statistics of the current set, as in the original MAML code) or ``norm="none"``.
-- **The loop is the reference.** Per task, native batch norm gives exact meta-gradients of any
-  order (each task's support and query set are normalised with their own statistics).
-- **Under vmap, norms become plain tensor operations for second-order gradients.** Measured with
-  torch 2.14 in float64: through ``vmap``, the second-order meta-gradient of the fused batch,
-  instance and layer norm kernels is off by 0.1-5% (a conv bias in front of a batch norm, whose
-  exact meta-gradient is 0, gets a nonzero one), while first-order gradients are right. So when ``strategy="vmap"`` builds a
-  second-order graph, those layers run as means and products
-  (:func:`~mlhelpers.learners.functional.plain_norms`), which is exact; first-order and
-  evaluation passes keep the fused kernels. The tests check both strategies against each other
-  with ``conv4(norm="task")``.
+Normalisation (Chapter 3): norm layers with running statistics are refused (one task's support
+set would leak into the next task and into evaluation; use ``conv4(norm="task")`` or
+``norm="none"``). Under ``vmap`` the fused norm kernels give wrong second-order gradients, so a
+second-order ``"vmap"`` pass runs the norms as plain tensor operations
+(:func:`~mlhelpers.learners.functional.with_plain_norms`), which is exact.
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Mapping
 
 import torch
@@ -81,9 +56,9 @@ from mlhelpers.learners.functional import (
     check_no_running_stats,
     check_strategy,
     map_tasks,
-    plain_norms,
     resolve_strategy,
     sgd_steps,
+    with_plain_norms,
 )
 from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
 from mlhelpers.tasks import Task
@@ -96,6 +71,9 @@ class GradientLearner(MetaLearner):
     Subclasses choose which parameters adapt (:meth:`adapt_names`), with which learning rates
     (:meth:`inner_lrs`), and how inputs reach them (:meth:`features`, :meth:`forward_adapted`).
     """
+
+    inner_lr: float
+    """The fixed step size of the inner loop (MAML, ANIL, Reptile; Meta-SGD learns its rates)."""
 
     def __init__(
         self,
@@ -125,8 +103,11 @@ class GradientLearner(MetaLearner):
         return [n for n, p in self.model.named_parameters() if p.requires_grad]
 
     def inner_lrs(self) -> Mapping[str, float | Tensor]:
-        """Learning rate of each adapted parameter: a float or a tensor of its shape."""
-        raise NotImplementedError
+        """Learning rate of each adapted parameter: a float or a tensor of its shape.
+
+        Default: the fixed ``inner_lr`` that MAML, ANIL and Reptile set; Meta-SGD learns them.
+        """
+        return {n: self.inner_lr for n in self.adapt_names()}
 
     def features(self, x: Tensor) -> Tensor:
         """What the adapted parameters see, for one task's inputs ``[n, *x_shape]`` (default: x)."""
@@ -146,66 +127,62 @@ class GradientLearner(MetaLearner):
         return self.eval_inner_steps
 
     def resolved_strategy(self, device: torch.device) -> str:
-        """``"loop"`` or ``"vmap"``: the strategy, with ``"auto"`` decided by ``device``."""
+        """``"loop"``, ``"threads"`` or ``"vmap"``: the strategy, with ``"auto"`` decided by ``device``."""
         return resolve_strategy(self.strategy, device)
 
     def _threaded(self, task: Task) -> bool:
         return len(task) > 1 and self.resolved_strategy(task.device) == "threads"
 
-    def forward(self, task: Task) -> Tensor:
-        """Adapt on each support set and predict the query set: ``[tasks, n_query, out]``."""
+    def _forward(self, task: Task) -> Tensor:
         if self._threaded(task):
             return threaded_forward(self, task, workers=torch.get_num_threads())
-        return super().forward(task)
+        return super()._forward(task)
 
-    def meta_loss(self, task: Task) -> Tensor:
-        """Scalar query loss after adaptation, averaged over the batch of tasks.
-
-        With ``strategy="threads"`` and autograd on, the tasks' meta-gradients are computed in
-        worker threads; ``backward()`` on the result delivers their mean (the same gradient).
-        """
+    def _meta_loss(self, task: Task) -> Tensor:
+        """With ``strategy="threads"`` and autograd on, the tasks' meta-gradients are computed in
+        worker threads; ``backward()`` on the result delivers their mean (the same gradient)."""
         if self._threaded(task) and torch.is_grad_enabled():
             return threaded_meta_loss(self, task, workers=torch.get_num_threads())
         return self.batch_meta_loss(task)
 
     def batch_meta_loss(self, task: Task) -> Tensor:
         """The meta-loss of a batch of tasks, computed in the calling thread (override this)."""
-        return super().meta_loss(task)
+        return super()._meta_loss(task)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Params:
         """Fast weights ``name -> [tasks, *shape]`` after :attr:`steps` steps on each support set."""
         track = torch.is_grad_enabled()
         create_graph = track and self.training and not self.first_order
-        return self._adapt(support_x, support_y, steps=self.steps, create_graph=create_graph, track=track)
+        return self.inner_loop(support_x, support_y, steps=self.steps, create_graph=create_graph, track=track)
 
-    def _adapt(self, support_x: Tensor, support_y: Tensor, *, steps: int, create_graph: bool, track: bool) -> Params:
-        """The inner loop of every task. ``track=False`` detaches the result from the initial weights."""
-        if support_x.dim() < 2 or support_y.dim() < 2 or support_x.shape[:2] != support_y.shape[:2]:
-            raise ValueError(
-                "support_x and support_y must be [tasks, n_support, ...] with the same first two "
-                f"dimensions, got {tuple(support_x.shape)} and {tuple(support_y.shape)}"
-            )
+    def inner_loop(self, support_x: Tensor, support_y: Tensor, *, steps: int, create_graph: bool, track: bool) -> Params:
+        """The inner loop of every task of ``[tasks, n, ...]`` inputs and targets, checked already.
+
+        ``create_graph`` keeps the inner gradients' graph (second order); ``track=False`` detaches
+        the result from the initial weights. Returns fast weights ``name -> [tasks, *shape]``.
+        """
         vectorise = self.resolved_strategy(support_x.device) == "vmap"
         params = dict(self.model.named_parameters())
         theta = {n: params[n] if track else params[n].detach() for n in self.adapt_names()}
         lrs = {n: lr if track or not isinstance(lr, Tensor) else lr.detach() for n, lr in self.inner_lrs().items()}
+        # Same parameters, norms as plain tensor ops: vmap's second order through fused norms is wrong.
+        runner = with_plain_norms(self) if vectorise and create_graph else self
 
         def one_task(sx: Tensor, sy: Tensor) -> Params:
-            h = self.features(sx)
+            h = runner.features(sx)
 
             def support_loss(fast: Params) -> Tensor:
-                return task_loss(self.forward_adapted(fast, h)[None], sy[None])
+                return task_loss(runner.forward_adapted(fast, h)[None], sy[None])
 
             return sgd_steps(support_loss, theta, lrs, steps, create_graph=create_graph, functional=vectorise)
 
-        swap = plain_norms(self.model) if vectorise and create_graph else contextlib.nullcontext()
-        with torch.enable_grad(), swap:
+        with torch.enable_grad():
             fast = map_tasks(one_task, (support_x, support_y), vectorise=vectorise)
         if not track:
             fast = {n: p.detach() for n, p in fast.items()}
         return fast
 
-    def predict(self, adapted: Params, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: Params, query_x: Tensor) -> Tensor:
         """Outputs ``[tasks, n_query, out]`` of the model with each task's fast weights."""
         names = self.adapt_names()
         if not isinstance(adapted, Mapping) or set(adapted) != set(names):
@@ -256,9 +233,6 @@ class MAML(GradientLearner):
         super().__init__(model, inner_steps=inner_steps, first_order=first_order,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
         self.inner_lr = check_positive("inner_lr", inner_lr)
-
-    def inner_lrs(self) -> dict[str, float]:
-        return {n: self.inner_lr for n in self.adapt_names()}
 
     def extra_repr(self) -> str:
         return f"inner_lr={self.inner_lr}, " + super().extra_repr()
@@ -351,9 +325,6 @@ class ANIL(GradientLearner):
 
     def adapt_names(self) -> list[str]:
         return [n for n, p in self.model[self.split:].named_parameters() if p.requires_grad]
-
-    def inner_lrs(self) -> dict[str, float]:
-        return {n: self.inner_lr for n in self.adapt_names()}
 
     def features(self, x: Tensor) -> Tensor:
         return self.model[: self.split](x) if self.split > 0 else x

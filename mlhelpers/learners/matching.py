@@ -19,26 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
+from mlhelpers.validation import check_labels, check_positive
 
 
 def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
     """``[tasks, n_support]`` integer labels -> ``[tasks, n_support, n_way]`` float one-hot.
 
-    ``n_way`` None reads it from the labels (``max + 1``). Raises a ValueError naming the problem
-    if a label lies outside ``0 .. n_way - 1`` or a class has no support example in some task.
+    ``n_way`` None reads it from the labels (``max + 1``). The labels are checked by
+    :func:`~mlhelpers.validation.check_labels` (a TypeError for a non-integer dtype, a ValueError
+    for a label outside ``0 .. n_way - 1``); a ValueError also names a class without a support
+    example in some task.
     """
-    if not isinstance(support_y, Tensor) or support_y.dim() != 2:
-        shape = tuple(support_y.shape) if isinstance(support_y, Tensor) else type(support_y).__name__
-        raise ValueError(f"support_y must be a [tasks, n_support] tensor of labels, got {shape}")
-    if support_y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"support_y must hold integer class labels, got dtype {support_y.dtype}")
-    low, high = int(support_y.min()), int(support_y.max())
+    check_labels("support_y", support_y)
+    if support_y.dim() != 2:
+        raise ValueError(f"support_y must be a [tasks, n_support] tensor of labels, got shape {tuple(support_y.shape)}")
     if n_way is None:
-        n_way = high + 1
-    if low < 0 or high >= n_way:
-        raise ValueError(
-            f"support_y labels must lie in 0..{n_way - 1} (n_way={n_way}), got labels {low}..{high}"
-        )
+        n_way = int(support_y.max()) + 1
+    check_labels("support_y", support_y, n_way)
     one_hot = F.one_hot(support_y.long(), n_way).float()  # [T, S, N]
     counts = one_hot.sum(dim=1)  # [T, N]
     if (counts == 0).any():
@@ -84,10 +81,8 @@ class MatchingNet(MetaLearner):
 
     def __init__(self, backbone: nn.Module, *, scale: float = 10.0, learn_scale: bool = True) -> None:
         super().__init__()
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or not math.isfinite(scale):
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        log_scale = torch.tensor(math.log(check_positive("scale", scale)))
         self.backbone = backbone
-        log_scale = torch.tensor(math.log(scale))
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:
@@ -103,7 +98,7 @@ class MatchingNet(MetaLearner):
         features = self.backbone(x.flatten(0, 1)).flatten(1).unflatten(0, x.shape[:2])
         return F.normalize(features, dim=-1)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingState:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingState:
         one_hot = support_one_hot(support_y)
         return MatchingState(self.embed(support_x), one_hot.to(support_x.device))
 
@@ -111,7 +106,7 @@ class MatchingNet(MetaLearner):
         """Scaled cosine similarities ``[tasks, n_query, n_support]`` (before the softmax)."""
         return self.scale * torch.einsum("tqd,tsd->tqs", self.embed(query_x), adapted.keys)
 
-    def predict(self, adapted: MatchingState, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: MatchingState, query_x: Tensor) -> Tensor:
         scores = self.attention_scores(adapted, query_x)  # [T, Q, S]
         # log p_n = logsumexp_{i: y_i = n} s_i - logsumexp_i s_i; log(0) = -inf masks other classes.
         mask = adapted.one_hot.log()[:, None]  # [T, 1, S, N]

@@ -22,13 +22,12 @@ other jobs share, tasks in threads are several times faster. Chapter 3 measures 
 
 ``torch.func.functional_call`` substitutes fast weights by swapping attributes of the module
 objects, which two threads must not do on the same module; so every worker runs its own
-:func:`shallow_replica` of the learner: new module objects that share the original's parameter
+:func:`~mlhelpers.learners.functional.shallow_replica` of the learner: new module objects that share the original's parameter
 and buffer tensors, so that gradients still reach the original parameters.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
@@ -36,17 +35,13 @@ from typing import Callable, Sequence, TypeVar
 import torch
 from torch import Tensor, nn
 
+from mlhelpers.learners.base import MetaLearner
+from mlhelpers.learners.functional import shallow_replica
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int
 
 M = TypeVar("M", bound=nn.Module)
 R = TypeVar("R")
-
-
-def shallow_replica(module: M) -> M:
-    """A copy of ``module``'s module objects that shares its parameters and buffers (same tensors)."""
-    memo = {id(t): t for t in (*module.parameters(), *module.buffers())}
-    return copy.deepcopy(module, memo)
 
 
 def map_tasks_in_threads(fn: Callable[[M, Task], R], module: M, task: Task, workers: int) -> list[R]:
@@ -93,18 +88,18 @@ class _PrecomputedGradient(torch.autograd.Function):
         return (None, None, *(grad_output * g for g in ctx.grads))
 
 
-def threaded_meta_loss(learner: nn.Module, task: Task, workers: int) -> Tensor:
-    """Mean over tasks of ``learner.meta_loss(task[i:i+1])``, gradients computed task by task in threads.
+def threaded_meta_loss(learner: MetaLearner, task: Task, workers: int) -> Tensor:
+    """Mean over tasks of ``learner._meta_loss(task[i:i+1])``, gradients computed task by task in threads.
 
     Returns a scalar whose ``backward()`` accumulates into the parameters' ``.grad`` the mean
     of the per-task gradients (which equals the gradient of the batched meta-loss when every task
-    has the same number of query points). The learner's ``meta_loss`` on one task must not call
+    has the same number of query points). The learner's ``_meta_loss`` on one task must not call
     this function again (the learners dispatch here only for batches of more than one task).
     """
     params = [p for p in learner.parameters() if p.requires_grad]
 
-    def one_task(replica: nn.Module, single: Task) -> tuple[Tensor, tuple[Tensor | None, ...]]:
-        loss = replica.meta_loss(single)
+    def one_task(replica: MetaLearner, single: Task) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        loss = replica._meta_loss(single)  # the batch was checked by the caller's meta_loss
         return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
     results = map_tasks_in_threads(one_task, learner, task, workers)
@@ -118,7 +113,7 @@ def threaded_meta_loss(learner: nn.Module, task: Task, workers: int) -> Tensor:
     return _PrecomputedGradient.apply(value, grads, *params)
 
 
-def threaded_forward(learner: nn.Module, task: Task, workers: int) -> Tensor:
-    """``learner(task)`` ``[tasks, n_query, out]``, each task adapted and predicted in a worker thread."""
-    outputs = map_tasks_in_threads(lambda replica, single: replica(single), learner, task, workers)
+def threaded_forward(learner: MetaLearner, task: Task, workers: int) -> Tensor:
+    """``learner._forward(task)`` ``[tasks, n_query, out]``, each task adapted and predicted in a worker thread."""
+    outputs = map_tasks_in_threads(lambda replica, single: replica._forward(single), learner, task, workers)
     return torch.cat(outputs)

@@ -96,17 +96,17 @@ class ProtoNet(MetaLearner):
         """``[tasks, n, *x_shape]`` -> ``[tasks, n, D]``, all tasks through the backbone at once."""
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
         n_way = int(support_y.max()) + 1
         return class_prototypes(self.embed(support_x), support_y, n_way)
 
-    def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
         return negative_squared_distances(self.embed(query_x), adapted)
 
-    def forward(self, task: Task) -> Tensor:
-        prototypes = self.adapt(task.support_x, task.support_y)
+    def _forward(self, task: Task) -> Tensor:
+        prototypes = self._adapt(task.support_x, task.support_y)
         if not self.transductive_steps:
-            return self.predict(prototypes, task.query_x)
+            return self._predict(prototypes, task.query_x)
         queries = self.embed(task.query_x)
         counts = class_counts(task.support_y, prototypes.shape[-2])
         probabilities = lambda p, q: negative_squared_distances(q, p).softmax(-1)  # noqa: E731

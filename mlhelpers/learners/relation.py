@@ -169,7 +169,7 @@ class RelationNet(MetaLearner):
         """``[tasks, n, *x_shape]`` -> ``[tasks, n, C, h, w]``."""
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> RelationState:
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> RelationState:
         one_hot = support_one_hot(support_y)  # [T, S, N]
         features = self.embed(support_x)  # [T, S, C, h, w]
         one_hot = one_hot.to(features.device, features.dtype)
@@ -191,7 +191,7 @@ class RelationNet(MetaLearner):
             dim=3,
         )
 
-    def predict(self, adapted: RelationState, query_x: Tensor) -> Tensor:
+    def _predict(self, adapted: RelationState, query_x: Tensor) -> Tensor:
         pairs = self.pairs(adapted, query_x)
         logits = self.relation(pairs.flatten(0, 2))  # [T*Q*N, 1]
         return logits.reshape(pairs.shape[:3])
@@ -201,9 +201,9 @@ class RelationNet(MetaLearner):
         """Relation scores in [0, 1]: the sigmoid of :meth:`predict`'s logits."""
         return torch.sigmoid(logits)
 
-    def meta_loss(self, task: Task) -> Tensor:
+    def _meta_loss(self, task: Task) -> Tensor:
         """The shared cross-entropy (``loss="cross_entropy"``) or the MSE of the sigmoid scores to one-hot labels."""
-        logits = self(task)
+        logits = self._forward(task)
         if self.loss == "cross_entropy":
             return task_loss(logits, task.query_y)
         target = F.one_hot(task.query_y, logits.shape[-1]).to(logits.dtype)

@@ -59,20 +59,17 @@ class Reptile(GradientLearner):
             raise TypeError(f"use_query must be a bool, got {type(use_query).__name__} {use_query!r}")
         self.use_query = use_query
 
-    def inner_lrs(self) -> dict[str, float]:
-        return {n: self.inner_lr for n in self.adapt_names()}
-
     def batch_meta_loss(self, task: Task) -> Tensor:
         """Surrogate: value = query loss after adaptation, gradient = ``theta - mean_i phi_i``."""
         x, y = task.support_x, task.support_y
         if self.use_query:
             x, y = torch.cat([x, task.query_x], dim=1), torch.cat([y, task.query_y], dim=1)
-        phi = self._adapt(x, y, steps=self.inner_steps, create_graph=False, track=False)
+        phi = self.inner_loop(x, y, steps=self.inner_steps, create_graph=False, track=False)
         params = dict(self.model.named_parameters())
         # 0.5 * ||theta - phi_bar||^2 has gradient theta - phi_bar with respect to theta.
         pull = sum(0.5 * (params[n] - p.mean(dim=0)).pow(2).sum() for n, p in phi.items())
         with torch.no_grad():
-            query_loss = task_loss(self.predict(phi, task.query_x), task.query_y)
+            query_loss = task_loss(self._predict(phi, task.query_x), task.query_y)
         return query_loss + (pull - pull.detach())
 
     def extra_repr(self) -> str:
