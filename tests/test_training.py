@@ -231,7 +231,7 @@ def test_learner_mode_after_training_is_the_callers():
         ({"steps": 0}, ValueError, "steps must be at least 1, got 0"),
         ({"meta_batch_size": 1.5}, TypeError, "meta_batch_size must be an int, got float"),
         ({"val_every": 0}, ValueError, "val_every must be at least 1"),
-        ({"grad_clip": -1.0}, ValueError, "grad_clip must be a positive number or None, got -1.0"),
+        ({"grad_clip": -1.0}, ValueError, "grad_clip must be a finite number > 0, got -1.0"),
         ({"seed": "0"}, TypeError, "seed must be an int or None, got str"),
         ({"config": {"f": print}}, TypeError, r"config\['f'\] is a builtins.builtin_function_or_method"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be a torch.optim.Optimizer or None, got str"),

@@ -15,28 +15,25 @@ implemented here: SimpleShot's nearest centroid matches or beats it and needs no
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
+from mlhelpers.config import module_device
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.learners.matching import support_one_hot
+from mlhelpers.learners.protonet import class_prototypes, negative_squared_distances
 from mlhelpers.seeding import make_generator
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_positive, check_positive_int
 
 Normalise = Literal["l2", "cl2n"] | None
 
 
-def _device_of(module: nn.Module, device: torch.device | str | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
+QUARTER_TURNS = 4
+"""With ``rotations``, every class is seen at 0, 1, 2 and 3 quarter turns (each its own class in
+:func:`pretrain_classifier`), as with :class:`~mlhelpers.episodes.EpisodicSampler` ``(rotations=True)``."""
 
 
 def _split_examples(dataset: LabelledDataset, split: str | None) -> tuple[Tensor, Tensor]:
@@ -57,6 +54,72 @@ def _features(backbone: nn.Module, x: Tensor) -> Tensor:
     return backbone(x).flatten(1)
 
 
+class LabelledBatch(NamedTuple):
+    """A batch of examples for an ordinary classifier: what :class:`ExampleSampler` draws."""
+
+    x: Tensor
+    """``[batch, C, H, W]`` inputs."""
+    y: Tensor
+    """``[batch]`` int64 class indices."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def to(self, device: torch.device | str) -> "LabelledBatch":
+        return LabelledBatch(self.x.to(device), self.y.to(device))
+
+
+class ExampleSampler:
+    """Random examples of a split (with replacement), each turned by a random number of quarter turns
+    with ``rotations`` (class ``c`` at ``k`` turns is class ``QUARTER_TURNS * c + k``).
+
+    Args:
+        images: ``[N, C, H, W]`` all images of the dataset.
+        index, classes: ``[n]`` the split's dataset indices and their class index within the split.
+        rotations: see above.
+        generator: draws the examples and turns; :meth:`state_dict` saves it.
+    """
+
+    def __init__(self, images: Tensor, index: Tensor, classes: Tensor, rotations: bool,
+                 generator: torch.Generator) -> None:
+        self.images, self.index, self.classes = images, index, classes
+        self.rotations = rotations
+        self.generator = generator
+
+    def sample(self, n: int) -> LabelledBatch:
+        """``n`` examples as a :class:`LabelledBatch` on the CPU."""
+        pick = torch.randint(len(self.index), (n,), generator=self.generator)
+        x = self.images[self.index[pick]]
+        if not self.rotations:
+            return LabelledBatch(x, self.classes[pick])
+        turns = torch.randint(QUARTER_TURNS, (n,), generator=self.generator)
+        for k in range(1, QUARTER_TURNS):
+            mask = turns == k
+            if mask.any():
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        return LabelledBatch(x, self.classes[pick] * QUARTER_TURNS + turns)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class Classifier(nn.Module):
+    """``backbone`` plus a linear ``head``, trained by :func:`~mlhelpers.training.meta_train` on
+    :class:`LabelledBatch` batches: :meth:`meta_loss` is the cross-entropy of the head's logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def meta_loss(self, batch: LabelledBatch) -> Tensor:
+        return F.cross_entropy(self.head(self.backbone(batch.x).flatten(1)), batch.y)
+
+
 def pretrain_classifier(
     backbone: nn.Module,
     dataset: LabelledDataset,
@@ -73,10 +136,10 @@ def pretrain_classifier(
     """Train ``backbone`` plus a linear head as an ordinary classifier over all classes of ``split``.
 
     Each step draws ``batch_size`` random examples of the split (with replacement) and minimises
-    the cross-entropy with Adam (``lr``). With ``rotations`` each example is also turned by a random
-    multiple of 90 degrees and every (class, quarter turns) pair is its own class, the convention
-    of :class:`~mlhelpers.episodes.EpisodicSampler` ``(rotations=True)``: 130 Omniglot training
-    characters give 520 classes.
+    the cross-entropy with Adam (``lr``), through :func:`~mlhelpers.training.meta_train`. With
+    ``rotations`` each example is also turned by a random multiple of 90 degrees and every (class,
+    quarter turns) pair is its own class, the convention of :class:`~mlhelpers.episodes.EpisodicSampler`
+    ``(rotations=True)``: 130 Omniglot training characters give 520 classes.
 
     Args:
         backbone: maps ``[batch, C, H, W]`` to features (flattened to ``[batch, D]``).
@@ -90,59 +153,46 @@ def pretrain_classifier(
         the trained ``backbone`` (the same module, trained in place, in its previous train/eval
         mode); the head is thrown away.
     """
+    from mlhelpers.training import meta_train  # training imports evaluation, which imports the learners
+
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    lr = check_positive("lr", lr)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
     index, classes = _split_examples(dataset, split)
-    n_rot = 4 if rotations else 1
+    n_rot = QUARTER_TURNS if rotations else 1
     num_classes = int(classes.max()) + 1 if len(classes) else 0
     if num_classes * n_rot < 2:
         raise ValueError(f"split {split!r} has {num_classes * n_rot} class(es); a classifier needs at least 2")
-    device = _device_of(backbone, device)
+    device = torch.device(device) if device is not None else module_device(backbone, "cpu")
     backbone.to(device)
     generator = make_generator(seed)
 
     was_training = backbone.training
     backbone.eval()
     feature_dim = _features(backbone, dataset.images[:1].to(device)).shape[1]
-    init = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-    head = nn.Linear(feature_dim, num_classes * n_rot)
-    with torch.no_grad():  # nn.Linear's default init, from our generator
-        bound = 1 / math.sqrt(feature_dim)
-        head.weight.copy_(torch.empty_like(head.weight).uniform_(-bound, bound, generator=init))
-        head.bias.copy_(torch.empty_like(head.bias).uniform_(-bound, bound, generator=init))
-    head.to(device)
-    optimizer = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=lr)
-
-    backbone.train()
+    head = _seeded_linear(feature_dim, num_classes * n_rot, seed=int(torch.randint(2**62, (1,), generator=generator)))
+    classifier = Classifier(backbone, head.to(device))
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
+    sampler = ExampleSampler(dataset.images, index, classes, rotations, generator)
     try:
-        with tqdm(total=steps, desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            recent: list[float] = []
-            for _ in range(steps):
-                pick = torch.randint(len(index), (batch_size,), generator=generator)
-                x = dataset.images[index[pick]]
-                y = classes[pick] * n_rot
-                if rotations:
-                    turns = torch.randint(4, (batch_size,), generator=generator)
-                    for k in range(1, 4):
-                        mask = turns == k
-                        if mask.any():
-                            x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-                    y = y + turns
-                x, y = x.to(device), y.to(device)
-                loss = F.cross_entropy(head(backbone(x).flatten(1)), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                recent = (recent + [loss.item()])[-50:]
-                bar.set_postfix_str(f"loss={sum(recent) / len(recent):.4f}", refresh=False)
-                bar.update(1)
+        meta_train(classifier, sampler, steps=steps, meta_batch_size=batch_size, optimizer=optimizer,
+                   progress=progress)
     finally:
         backbone.train(was_training)
     return backbone
+
+
+def _seeded_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
+    """``nn.Linear`` with its default initialisation (uniform in +-1/sqrt(in_features)) drawn from ``seed``."""
+    init = torch.Generator().manual_seed(seed)
+    layer = nn.Linear(in_features, out_features)
+    with torch.no_grad():
+        bound = 1 / math.sqrt(in_features)
+        layer.weight.copy_(torch.empty_like(layer.weight).uniform_(-bound, bound, generator=init))
+        layer.bias.copy_(torch.empty_like(layer.bias).uniform_(-bound, bound, generator=init))
+    return layer
 
 
 def feature_mean(
@@ -162,7 +212,7 @@ def feature_mean(
     """
     check_positive_int("batch_size", batch_size)
     index, _ = _split_examples(dataset, split)
-    device = _device_of(backbone, device)
+    device = torch.device(device) if device is not None else module_device(backbone, "cpu")
     was_training = backbone.training
     backbone.eval()
     total: Tensor | None = None
@@ -170,7 +220,7 @@ def feature_mean(
     try:
         for start in range(0, len(index), batch_size):
             x = dataset.images[index[start:start + batch_size]].to(device)
-            for k in range(4 if rotations else 1):
+            for k in range(QUARTER_TURNS if rotations else 1):
                 f = _features(backbone, torch.rot90(x, k, dims=(-2, -1)) if k else x).double()
                 total = f.sum(0) if total is None else total + f.sum(0)
                 count += len(f)
@@ -237,10 +287,7 @@ class NearestCentroid(MetaLearner):
         return f
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
-        one_hot = support_one_hot(support_y)  # [T, S, N]
-        features = self.features(support_x)
-        one_hot = one_hot.to(features.device, features.dtype)
-        return torch.einsum("tsn,tsd->tnd", one_hot, features) / one_hot.sum(dim=1)[..., None]
+        return class_prototypes(self.features(support_x), support_y, int(support_y.max()) + 1)
 
     def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
-        return -torch.cdist(self.features(query_x), adapted).pow(2)
+        return negative_squared_distances(self.features(query_x), adapted)
