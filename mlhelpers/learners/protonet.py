@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_steps
+from mlhelpers.validation import check_labels, check_steps
 
 
 def class_counts(labels: Tensor, n_way: int) -> Tensor:
@@ -27,8 +27,10 @@ def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     """Summed embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``.
 
     Leading dims (e.g. the members of an ensemble) share the labels ``[tasks, n_support]``. A
-    ValueError gives the per-class counts if a class 0..n_way-1 has no example.
+    TypeError names non-integer labels; a ValueError gives the per-class counts if a class
+    0..n_way-1 has no example.
     """
+    check_labels("labels", labels)
     one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
     counts = one_hot.sum(1)  # [T, N]
     if (counts == 0).any():
@@ -42,8 +44,8 @@ def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
 def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     """Mean embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``
     (:func:`class_sums` over :func:`class_counts`)."""
-    counts = class_counts(labels, n_way).to(embeddings.dtype)  # [T, N]
-    return class_sums(embeddings, labels, n_way) / counts[..., None]
+    sums = class_sums(embeddings, labels, n_way)  # checks the labels
+    return sums / class_counts(labels, n_way).to(embeddings.dtype)[..., None]
 
 
 def refine_prototypes(
