@@ -66,7 +66,7 @@ class LabelledBatch(NamedTuple):
     def device(self) -> torch.device:
         return self.x.device
 
-    def to(self, device: torch.device | str) -> "LabelledBatch":
+    def to(self, device: torch.device | str) -> LabelledBatch:
         return LabelledBatch(self.x.to(device), self.y.to(device))
 
 
@@ -153,7 +153,8 @@ def pretrain_classifier(
         the trained ``backbone`` (the same module, trained in place, in its previous train/eval
         mode); the head is thrown away.
     """
-    from mlhelpers.training import meta_train  # training imports evaluation, which imports the learners
+    # imported here: mlhelpers.training imports mlhelpers.evaluation, which imports the learners
+    from mlhelpers.training import meta_train
 
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
