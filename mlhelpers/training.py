@@ -23,13 +23,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers import __version__
 from mlhelpers.checkpoint import _check_plain, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlhelpers.evaluation import evaluate
 from mlhelpers.seeding import seed_everything
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_positive, check_positive_int, describe
 
 
 @dataclass
@@ -75,6 +76,7 @@ def meta_train(
     steps: int,
     meta_batch_size: int,
     optimizer: torch.optim.Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
     val_sampler=None,
     val_every: int = 100,
     val_episodes: int = 100,
@@ -89,103 +91,38 @@ def meta_train(
 
     Each step draws ``train_sampler.sample(meta_batch_size)``, minimises ``learner.meta_loss`` with
     ``optimizer`` (default ``Adam(lr=1e-3)``), optionally clipping the gradient norm to
-    ``grad_clip``. Every ``val_every`` steps (multiples of it) the learner is evaluated on
+    ``grad_clip``, then steps the learning-rate ``scheduler`` if one is given (it must wrap
+    ``optimizer``). Every ``val_every`` steps (multiples of it) the learner is evaluated on
     ``val_episodes`` episodes of ``val_sampler`` in eval mode. A non-finite loss stops the run with
     a RuntimeError naming the step, before anything is saved.
 
     Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end. If the
-    file exists, training resumes from it (learner, optimizer, step, history, sampler and global
-    random states) and continues up to ``steps``; its configuration must match: ``config`` plus
-    ``meta_batch_size``, ``grad_clip`` and the optimizer's class (a ValueError lists differences).
+    file exists, training resumes from it (learner, optimizer, scheduler, step, history, sampler and
+    global random states) and continues up to ``steps``; its configuration must match: ``config``
+    plus ``meta_batch_size``, ``grad_clip``, the optimizer's class and the scheduler's class if any
+    (a ValueError lists differences).
 
     ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run (initialise the model
-    yourself beforehand). Batches are moved to the device of the learner's parameters if needed.
+    yourself beforehand). Batches (a :class:`~mlhelpers.tasks.Task`, or anything with ``.device``
+    and ``.to``) are moved to the device of the learner's parameters if needed.
     """
-    if not isinstance(learner, nn.Module) or not callable(getattr(learner, "meta_loss", None)):
-        raise TypeError(f"learner must be a MetaLearner (an nn.Module with meta_loss), got {type(learner).__name__}")
-    if not callable(getattr(train_sampler, "sample", None)):
-        raise TypeError(f"train_sampler must be a TaskSampler, got {type(train_sampler).__name__}")
-    if val_sampler is not None and not callable(getattr(val_sampler, "sample", None)):
-        raise TypeError(f"val_sampler must be a TaskSampler or None, got {type(val_sampler).__name__}")
-    check_positive_int("steps", steps)
-    check_positive_int("meta_batch_size", meta_batch_size)
-    check_positive_int("val_every", val_every)
-    check_positive_int("val_episodes", val_episodes)
-    check_positive_int("checkpoint_every", checkpoint_every)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
-    if grad_clip is not None:
-        if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or not grad_clip > 0:
-            raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip!r}")
-        grad_clip = float(grad_clip)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"learner {type(learner).__name__} has no trainable parameters")
-    if optimizer is None:
-        optimizer = torch.optim.Adam(params, lr=1e-3)
-    elif not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
-    run_config = _run_config(config, meta_batch_size=meta_batch_size, grad_clip=grad_clip,
-                             optimizer=type(optimizer).__name__)
-    device = params[0].device
-
+    params, optimizer, grad_clip = _check_arguments(
+        learner, train_sampler, val_sampler, optimizer, scheduler, seed=seed, grad_clip=grad_clip, steps=steps,
+        meta_batch_size=meta_batch_size, val_every=val_every, val_episodes=val_episodes,
+        checkpoint_every=checkpoint_every)
+    loop = {"meta_batch_size": meta_batch_size, "grad_clip": grad_clip, "optimizer": type(optimizer).__name__}
+    if scheduler is not None:  # only then, so that checkpoints of runs without one still resume
+        loop["scheduler"] = type(scheduler).__name__
+    run_config = _run_config(config, **loop)
+    samplers = {"train": train_sampler, "val": val_sampler}
     path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
-        state = load_checkpoint(path, expected_config=run_config)
-        if seed is not None and state.get("seed") is not None and state["seed"] != seed:
-            raise ValueError(
-                f"checkpoint {str(path)!r} was written by a run with seed={state['seed']}, "
-                f"but seed={seed} was given"
-            )
-        missing = sorted(_CHECKPOINT_KEYS - set(state))
-        if missing:
-            raise ValueError(
-                f"checkpoint {str(path)!r} lacks {missing}: it was not written by meta_train; "
-                "use another checkpoint_path"
-            )
-        start = int(state["step"])
-        if start > steps:
-            raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
-        try:
-            learner.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ValueError(
-                f"checkpoint {str(path)!r} holds the weights of another model than "
-                f"learner={type(learner).__name__}: {error}"
-            ) from None
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as error:
-            raise ValueError(
-                f"checkpoint {str(path)!r} holds the state of another optimizer than the "
-                f"{type(optimizer).__name__} given: {error}"
-            ) from None
-        train_sampler.load_state_dict(state["samplers"]["train"])
-        if val_sampler is not None and state["samplers"].get("val") is not None:
-            val_sampler.load_state_dict(state["samplers"]["val"])
-        set_rng_state(state["rng"])
-        history = History.from_dict(state["history"])
-        seed = state.get("seed", seed)
+        start, history, seed = _resume(path, run_config, learner, optimizer, scheduler, samplers, steps=steps,
+                                       seed=seed)
     else:
         if seed is not None:
             seed_everything(seed)
         start, history = 0, History()
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(path, {
-            "model": learner.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "history": history.to_dict(),
-            "samplers": {
-                "train": train_sampler.state_dict(),
-                "val": val_sampler.state_dict() if val_sampler is not None else None,
-            },
-            "rng": rng_state(),
-            "config": run_config,
-            "seed": seed,
-            "version": __version__,
-        })
 
     was_training = learner.training
     elapsed_before, t0 = history.elapsed, time.perf_counter()
@@ -195,41 +132,163 @@ def meta_train(
         with tqdm(total=steps, initial=start, desc="meta-train", unit="step", disable=not progress,
                   dynamic_ncols=True) as bar:
             for step in range(start + 1, steps + 1):
-                batch = train_sampler.sample(meta_batch_size)
-                if batch.device != device:
-                    batch = batch.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = learner.meta_loss(batch)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise TypeError(f"learner.meta_loss must return a scalar tensor, got {_describe(loss)}")
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise RuntimeError(_non_finite_message("loss", value, step, path, last_saved))
-                loss.backward()
-                if grad_clip is not None:
-                    norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-                    if not math.isfinite(norm):
-                        raise RuntimeError(_non_finite_message("gradient norm", norm, step, path, last_saved))
-                optimizer.step()
+                value = _train_step(learner, train_sampler.sample(meta_batch_size), optimizer, params, grad_clip,
+                                    where=(step, path, last_saved))
+                if scheduler is not None:
+                    scheduler.step()
                 history.steps.append(step)
                 history.train_loss.append(value)
-
                 if val_sampler is not None and step % val_every == 0:
-                    result = evaluate(learner, val_sampler, num_episodes=val_episodes)
-                    learner.train()
-                    history.val_steps.append(step)
-                    history.val_metric.append(result.mean)
-                    history.val_ci.append(result.ci95)
-                    history.metric = result.metric
+                    _validate(learner, val_sampler, val_episodes, history, step)
                 history.elapsed = elapsed_before + time.perf_counter() - t0
                 if path is not None and (step % checkpoint_every == 0 or step == steps):
-                    checkpoint(step)
+                    _save(path, step, learner, optimizer, scheduler, samplers, history, run_config, seed)
                     last_saved = step
                 bar.set_postfix_str(_postfix(history), refresh=False)
                 bar.update(1)
     finally:
         learner.train(was_training)
     return history
+
+
+def _check_arguments(
+    learner: Any, train_sampler: Any, val_sampler: Any, optimizer: Any, scheduler: Any, *, seed: Any,
+    grad_clip: Any, **counts: Any,
+) -> tuple[list[nn.Parameter], torch.optim.Optimizer, float | None]:
+    """Check :func:`meta_train`'s arguments; return the trainable parameters, the optimizer (Adam by
+    default) and ``grad_clip`` as a float (or None)."""
+    if not isinstance(learner, nn.Module) or not callable(getattr(learner, "meta_loss", None)):
+        raise TypeError(f"learner must be a MetaLearner (an nn.Module with meta_loss), got {type(learner).__name__}")
+    if not callable(getattr(train_sampler, "sample", None)):
+        raise TypeError(f"train_sampler must be a TaskSampler, got {type(train_sampler).__name__}")
+    if val_sampler is not None and not callable(getattr(val_sampler, "sample", None)):
+        raise TypeError(f"val_sampler must be a TaskSampler or None, got {type(val_sampler).__name__}")
+    for name, value in counts.items():
+        check_positive_int(name, value)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    if grad_clip is not None:
+        grad_clip = check_positive("grad_clip", grad_clip)
+    params = [p for p in learner.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"learner {type(learner).__name__} has no trainable parameters")
+    if optimizer is None:
+        optimizer = torch.optim.Adam(params, lr=1e-3)
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    if scheduler is not None:
+        if not isinstance(scheduler, LRScheduler):
+            raise TypeError(f"scheduler must be a torch.optim.lr_scheduler.LRScheduler or None, "
+                            f"got {type(scheduler).__name__}")
+        if scheduler.optimizer is not optimizer:
+            raise ValueError("scheduler must schedule the optimizer given to meta_train (scheduler.optimizer "
+                             "is another one; with optimizer=None, build the optimizer yourself and pass both)")
+    return params, optimizer, grad_clip
+
+
+def _resume(
+    path: Path,
+    run_config: dict[str, Any],
+    learner: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None,
+    samplers: dict[str, Any],
+    *,
+    steps: int,
+    seed: int | None,
+) -> tuple[int, History, int | None]:
+    """Restore a run from the checkpoint at ``path`` (whose config must be ``run_config``); return its
+    step, history and seed."""
+    state = load_checkpoint(path, expected_config=run_config)
+    if seed is not None and state.get("seed") is not None and state["seed"] != seed:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by a run with seed={state['seed']}, "
+            f"but seed={seed} was given"
+        )
+    missing = sorted(_CHECKPOINT_KEYS - set(state))
+    if missing:
+        raise ValueError(
+            f"checkpoint {str(path)!r} lacks {missing}: it was not written by meta_train; "
+            "use another checkpoint_path"
+        )
+    start = int(state["step"])
+    if start > steps:
+        raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
+    try:
+        learner.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds the weights of another model than "
+            f"learner={type(learner).__name__}: {error}"
+        ) from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as error:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds the state of another optimizer than the "
+            f"{type(optimizer).__name__} given: {error}"
+        ) from None
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    samplers["train"].load_state_dict(state["samplers"]["train"])
+    if samplers["val"] is not None and state["samplers"].get("val") is not None:
+        samplers["val"].load_state_dict(state["samplers"]["val"])
+    set_rng_state(state["rng"])
+    return start, History.from_dict(state["history"]), state.get("seed", seed)
+
+
+def _train_step(
+    learner: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+    grad_clip: float | None, where: tuple[int, Path | None, int | None],
+) -> float:
+    """One optimizer step on ``batch`` (moved to the parameters' device); return the loss. A non-finite loss or clipped gradient norm
+    stops it before the optimizer step with a RuntimeError naming ``where``: (step, checkpoint path,
+    step of the last checkpoint saved)."""
+    if batch.device != params[0].device:
+        batch = batch.to(params[0].device)
+    optimizer.zero_grad(set_to_none=True)
+    loss = learner.meta_loss(batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"learner.meta_loss must return a scalar tensor, got {describe(loss)}")
+    value = loss.item()
+    if not math.isfinite(value):
+        raise RuntimeError(_non_finite_message("loss", value, *where))
+    loss.backward()
+    if grad_clip is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+        if not math.isfinite(norm):
+            raise RuntimeError(_non_finite_message("gradient norm", norm, *where))
+    optimizer.step()
+    return value
+
+
+def _save(
+    path: Path, step: int, learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None,
+    samplers: dict[str, Any], history: History, run_config: dict[str, Any], seed: int | None,
+) -> None:
+    """Write the checkpoint of a run at ``step`` (what :func:`_resume` reads back)."""
+    save_checkpoint(path, {
+        "model": learner.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": step,
+        "history": history.to_dict(),
+        "samplers": {name: s.state_dict() if s is not None else None for name, s in samplers.items()},
+        "rng": rng_state(),
+        "config": run_config,
+        "seed": seed,
+        "version": __version__,
+    })
+
+
+def _validate(learner: nn.Module, val_sampler: Any, val_episodes: int, history: History, step: int) -> None:
+    """Evaluate ``learner`` on ``val_episodes`` episodes, record the result at ``step``, back to train mode."""
+    result = evaluate(learner, val_sampler, num_episodes=val_episodes)
+    learner.train()
+    history.val_steps.append(step)
+    history.val_metric.append(result.mean)
+    history.val_ci.append(result.ci95)
+    history.metric = result.metric
 
 
 _CHECKPOINT_KEYS = frozenset({"model", "optimizer", "step", "history", "samplers", "rng", "config", "seed", "version"})
@@ -271,9 +330,3 @@ def _postfix(history: History) -> str:
         else:
             text += f" val_{history.metric}={mean:.3g}±{ci:.2g}"
     return text
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"

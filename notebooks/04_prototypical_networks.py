@@ -64,16 +64,16 @@ from IPython.display import display
 from torch import nn
 
 import mlhelpers
-from mlhelpers import budget, pretrained, quick_mode, seed_everything
+from mlhelpers import budget, pretrained, quick_mode, recipe, seed_everything
 from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import MAML, MatchingNet, NearestCentroid, ProtoNet, RelationNet
-from mlhelpers.learners import class_prototypes, feature_mean, pretrain_classifier, refine_prototypes, relation_backbone
+from mlhelpers.learners import MAML, EnsembleProtoNet, MatchingNet, NearestCentroid, ProtoNet, RelationNet
+from mlhelpers.learners import class_prototypes, feature_mean, refine_prototypes, relation_backbone
 from mlhelpers.models import conv4
 from mlhelpers.plotting import plot_learning_curves, show_episode
-from mlhelpers.pretrained import EnsembleProtoNet
+from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
@@ -179,7 +179,7 @@ plt.show()
 #   should learn to work with that noise.
 #
 # Snell et al. also halve Adam's learning rate (from $10^{-3}$) at regular intervals.
-# `mlhelpers.pretrained.train_member` implements this recipe (one 60-way episode per step, one
+# `mlhelpers.recipe.train_member` implements this recipe (one 60-way episode per step, one
 # query per class to keep steps cheap on a CPU); the chapter trains a short ProtoNet with it here.
 # Every learner below meets the same data: the 4 meta-training alphabets; choices are made on the
 # 2 meta-validation alphabets (Early Aramaic, Greek) and the 2 meta-test alphabets (Balinese,
@@ -189,7 +189,7 @@ plt.show()
 cpu_seconds = {}
 STEPS = budget(full=300, quick=5)
 start = time.process_time()
-protonet_backbone = pretrained.train_member(omniglot, seed=0, steps=STEPS, augment=False, log_every=100, val_every=0)
+protonet_backbone = recipe.train_member(omniglot, seed=0, steps=STEPS, augment=False, val_every=None)
 cpu_seconds["ProtoNet"] = time.process_time() - start
 protonet = ProtoNet(protonet_backbone).eval()
 print(f"ProtoNet: {STEPS} steps of 60-way 1-shot episodes in {cpu_seconds['ProtoNet']:.0f} CPU-s")
@@ -446,7 +446,7 @@ info = pretrained.PRETRAINED["protonet-omniglot"]
 print("shipped weights made by:", info.command)
 shipped = pretrained.load("protonet-omniglot")
 if TRAIN_FROM_SCRATCH:  # the same recipe, from the settings stored with the weights
-    shipped = pretrained.train_ensemble(omniglot, shipped.config, log_every=500, val_every=0)
+    shipped = recipe.train_ensemble(omniglot, shipped.config, val_every=None)
 if quick_mode():  # one member only: embedding with two networks on five shifted views is the slow part
     shipped = EnsembleProtoNet(list(shipped.backbones[:1]), tta_shift=shipped.tta_shift).eval()
     shipped.config = pretrained.load("protonet-omniglot").config

@@ -61,8 +61,9 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import OMNIGLOT_SPLITS, load_omniglot
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
-from mlhelpers.learners import MAML, NearestCentroid, ProtoNet, feature_mean, pretrain_classifier
+from mlhelpers.learners import MAML, NearestCentroid, ProtoNet, feature_mean
 from mlhelpers.models import conv4
+from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.training import meta_train
 

@@ -1,7 +1,9 @@
 """Train the Prototypical Network ensembles shipped in ``mlhelpers/assets`` (see :mod:`mlhelpers.pretrained`).
 
 The exact commands that made the shipped files are in :data:`mlhelpers.pretrained.PRETRAINED` (each
-entry's ``command``) and in ``mlhelpers/assets/README.md``, with how the recipe was chosen.
+entry's ``command``) and in ``mlhelpers/assets/README.md``, with how the recipe was chosen. The
+recipe itself is :mod:`mlhelpers.recipe` (a module, not this script, because Chapter 4 and the tests
+call it too).
 
 Member ``i`` of a run is seeded ``10 * i`` alone (``--first-member`` picks ``i``), so members
 trained in parallel and joined with ``--combine`` equal one run's (on the CPU, one thread).
@@ -18,9 +20,11 @@ import argparse
 import torch
 
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.evaluation import evaluate
-from mlhelpers.pretrained import LR_SCHEDULES, EnsembleProtoNet, load_file, save, train_ensemble, within_alphabet
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.evaluation import evaluate
+from mlhelpers.learners import EnsembleProtoNet
+from mlhelpers.pretrained import load_file, save
+from mlhelpers.recipe import LR_SCHEDULES, VAL_SEED, train_ensemble, within_alphabet
 
 
 def main() -> None:
@@ -67,7 +71,7 @@ def main() -> None:
     save(learner, args.out, learner.config)
     learner = load_file(args.out)  # evaluate exactly what was saved (float16 weights)
     print("saved", args.out, learner.config, flush=True)
-    val = within_alphabet(learner, omniglot, "val", args.episodes, seed=1)
+    val = within_alphabet(learner, omniglot, "val", args.episodes, seed=VAL_SEED)
     print(f"val within-alphabet 20-way 1-shot {val}", flush=True)
     if args.test:
         test = within_alphabet(learner, omniglot, "test", args.episodes, seed=2)

@@ -1,16 +1,17 @@
-"""The learner shipped with the package: mlhelpers.pretrained (Chapter 4)."""
+"""The learner shipped with the package: mlhelpers.pretrained, and the recipe that made it (Chapter 4)."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from mlhelpers import pretrained
+from mlhelpers import pretrained, recipe
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import ProtoNet
+from mlhelpers.learners import EnsembleProtoNet, ProtoNet
 from mlhelpers.models import conv4
-from mlhelpers.pretrained import EnsembleProtoNet
 from mlhelpers.samplers.episodic import EpisodicSampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +78,7 @@ def test_predictions_invariant_to_support_order_and_any_shots(learner):
         (torch.rand(5, 1, 28, 28), torch.arange(5.0), torch.rand(2, 1, 28, 28), TypeError, "integers"),
         (torch.rand(5, 1, 28, 28), torch.arange(5), torch.rand(1, 2, 1, 28, 28), ValueError, "task dimension"),
         (torch.rand(5, 1, 28, 28).int(), torch.arange(5), torch.rand(2, 1, 28, 28), TypeError, "uint8"),
-        ([[0.0]], torch.arange(5), torch.rand(2, 1, 28, 28), TypeError, "torch tensor"),
+        ([[0.0]], torch.arange(5), torch.rand(2, 1, 28, 28), TypeError, r"torch\.Tensor"),
     ],
 )
 def test_bad_input_is_explained(learner, support, labels, query, error, message):
@@ -112,8 +113,8 @@ def test_save_and_load_file_round_trip(tmp_path):
 
 def test_short_training_run_is_far_above_chance():
     omniglot = load_omniglot()
-    backbone = pretrained.train_member(omniglot, seed=0, steps=100, ways=20, augment=False, channels=16,
-                                       log_every=0, val_every=0)
+    backbone = recipe.train_member(omniglot, seed=0, steps=100, n_way=20, augment=False, hidden_channels=16,
+                                   progress=False, val_every=None)
     learner = EnsembleProtoNet([backbone])
     untrained = EnsembleProtoNet([conv4(hidden_channels=16).eval()])
     sampler = lambda: EpisodicSampler(omniglot, 5, 1, 5, "val", seed=4)  # noqa: E731
@@ -144,7 +145,7 @@ def test_weights_are_declared_package_data_and_small():
 ])
 def test_lr_schedules(kind, expected):
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
-    scheduler = pretrained.lr_schedule(optimizer, 9, kind)
+    scheduler = recipe.lr_schedule(optimizer, 9, kind)
     rates = []
     for _ in range(9):
         rates.append(optimizer.param_groups[0]["lr"] / 2.0)
@@ -157,8 +158,8 @@ def test_lr_schedules(kind, expected):
 
 def test_distortion_strength_changes_training_and_needs_augment():
     omniglot = load_omniglot()
-    train = lambda **kw: pretrained.train_member(omniglot, seed=0, steps=3, ways=5, channels=4,  # noqa: E731
-                                                 log_every=0, val_every=0, **kw)
+    train = lambda **kw: recipe.train_member(omniglot, seed=0, steps=3, n_way=5, hidden_channels=4,  # noqa: E731
+                                             progress=False, val_every=None, **kw)
     default, stronger = train(), train(distortion={"max_rotate": 40.0, "max_shear": 0.4})
     assert not torch.equal(default[0][0].weight, stronger[0][0].weight)
     with pytest.raises(ValueError, match="augment=False"):
@@ -183,3 +184,11 @@ def test_transductive_shipped_learner_is_at_least_as_accurate(learner):
         predicted = model.predict_labels(tasks.support_x, tasks.support_y, tasks.query_x)
         accuracy[name] = (predicted == tasks.query_y).float().mean().item()
     assert accuracy["transductive"] >= accuracy["inductive"] and accuracy["transductive"] > 0.9, accuracy
+
+
+def test_loading_does_not_import_the_recipe_or_the_training_loop():
+    code = ("import sys; from mlhelpers import pretrained; pretrained.load(); "
+            "print(sorted(m for m in ('mlhelpers.recipe', 'mlhelpers.training', 'mlhelpers.evaluation') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -231,7 +231,7 @@ def test_learner_mode_after_training_is_the_callers():
         ({"steps": 0}, ValueError, "steps must be at least 1, got 0"),
         ({"meta_batch_size": 1.5}, TypeError, "meta_batch_size must be an int, got float"),
         ({"val_every": 0}, ValueError, "val_every must be at least 1"),
-        ({"grad_clip": -1.0}, ValueError, "grad_clip must be a positive number or None, got -1.0"),
+        ({"grad_clip": -1.0}, ValueError, "grad_clip must be a finite number > 0, got -1.0"),
         ({"seed": "0"}, TypeError, "seed must be an int or None, got str"),
         ({"config": {"f": print}}, TypeError, r"config\['f'\] is a builtins.builtin_function_or_method"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be a torch.optim.Optimizer or None, got str"),
@@ -256,3 +256,41 @@ def test_non_finite_gradient_norm_stops_before_the_step_and_before_any_checkpoin
     assert not path.exists() and list(tmp_path.iterdir()) == []
     for key, value in _params(learner).items():
         assert torch.equal(value, before[key]), key  # the optimizer never stepped
+
+
+def _scheduled(learner: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+
+
+def test_scheduler_steps_once_per_step_and_resumes_exactly(tmp_path):
+    kwargs = dict(meta_batch_size=2, seed=7, progress=False, checkpoint_every=3)
+    straight = mlp_protonet()
+    optimizer, scheduler = _scheduled(straight)
+    meta_train(straight, train_sampler(), steps=6, optimizer=optimizer, scheduler=scheduler, **kwargs)
+    assert scheduler.last_epoch == 6 and optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 / 8)
+
+    path = tmp_path / "run.pt"
+    first = mlp_protonet()
+    optimizer, scheduler = _scheduled(first)
+    meta_train(first, train_sampler(), steps=3, checkpoint_path=path, optimizer=optimizer, scheduler=scheduler,
+               **kwargs)
+    assert load_checkpoint(path)["scheduler"]["last_epoch"] == 3
+    resumed = mlp_protonet(seed=99)
+    optimizer, scheduler = _scheduled(resumed)
+    meta_train(resumed, train_sampler(), steps=6, checkpoint_path=path, optimizer=optimizer, scheduler=scheduler,
+               **kwargs)
+    assert scheduler.last_epoch == 6
+    for key, value in _params(straight).items():
+        assert torch.equal(value, _params(resumed)[key]), key
+    with pytest.raises(ValueError, match="scheduler"):  # a run with a scheduler resumes only with one
+        meta_train(mlp_protonet(), train_sampler(), steps=6, checkpoint_path=path, **kwargs)
+
+
+def test_scheduler_must_drive_the_optimizer():
+    learner = mlp_protonet()
+    optimizer, scheduler = _scheduled(learner)
+    with pytest.raises(TypeError, match="scheduler must be a torch.optim.lr_scheduler.LRScheduler or None"):
+        meta_train(learner, train_sampler(), steps=1, meta_batch_size=1, optimizer=optimizer, scheduler="step")
+    with pytest.raises(ValueError, match="scheduler must schedule the optimizer given to meta_train"):
+        meta_train(learner, train_sampler(), steps=1, meta_batch_size=1, scheduler=scheduler)

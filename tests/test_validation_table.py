@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from mlhelpers import pretrained
+from mlhelpers import pretrained, recipe
 from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
@@ -250,9 +250,9 @@ TRIGGERS: dict[str, Callable] = {
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
     "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
                                                                    torch.zeros(3, 1, 28, 28)),
-    "pretrained-schedule": lambda: pretrained.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),
-    "pretrained-distortion": lambda: pretrained.train_member(load_omniglot(), seed=0, steps=1, augment=False,
-                                                             distortion={"max_rotate": 20.0}),
+    "pretrained-schedule": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),
+    "pretrained-distortion": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, augment=False,
+                                                         distortion={"max_rotate": 20.0}),
     "augment-shape": lambda: shifted_copies(torch.zeros(5)),
     "hpo-report-every": lambda: learner_objective(lambda t: None, _train_sampler(), _train_sampler(), steps=4,
                                                   report_every=0),

@@ -1,12 +1,14 @@
 """Meta-learners sharing one interface: :class:`~mlhelpers.learners.base.MetaLearner`.
 
 Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Metric-based (Chapter 4): ProtoNet,
-MatchingNet, RelationNet, and the pretrained NearestCentroid baseline. In-context (Chapter 5):
+MatchingNet, RelationNet, the pretrained NearestCentroid baseline, and EnsembleProtoNet (the shipped
+learner of :mod:`mlhelpers.pretrained`). In-context (Chapter 5):
 InContextLearner on a CausalTransformer.
 """
 
 from mlhelpers.learners.base import MetaLearner, task_loss, task_metric
-from mlhelpers.learners.baseline import NearestCentroid, feature_mean, pretrain_classifier
+from mlhelpers.learners.baseline import NearestCentroid, feature_mean
+from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.learners.incontext import CausalTransformer, InContextLearner, InContextState
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.maml import ANIL, MAML, GradientLearner, MetaSGD
@@ -17,6 +19,7 @@ from mlhelpers.learners.reptile import Reptile
 __all__ = [
     "ANIL",
     "CausalTransformer",
+    "EnsembleProtoNet",
     "GradientLearner",
     "InContextLearner",
     "InContextState",
@@ -31,7 +34,6 @@ __all__ = [
     "build_relation_module",
     "class_prototypes",
     "feature_mean",
-    "pretrain_classifier",
     "refine_prototypes",
     "relation_backbone",
     "support_one_hot",

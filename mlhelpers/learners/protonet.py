@@ -7,6 +7,7 @@ whose prediction for one query depends on the other queries of its task. Chapter
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Callable
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_steps
+from mlhelpers.validation import check_labels, check_steps
 
 
 def class_counts(labels: Tensor, n_way: int) -> Tensor:
@@ -22,19 +23,29 @@ def class_counts(labels: Tensor, n_way: int) -> Tensor:
     return torch.nn.functional.one_hot(labels, n_way).sum(1).float()
 
 
-def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
-    """Mean embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``.
+def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """Summed embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``.
 
-    Leading dims (e.g. the members of an ensemble) share the labels ``[tasks, n_support]``.
+    Leading dims (e.g. the members of an ensemble) share the labels ``[tasks, n_support]``. A
+    TypeError names non-integer labels; a ValueError gives the per-class counts if a class
+    0..n_way-1 has no example.
     """
-    counts = class_counts(labels, n_way).to(embeddings.dtype)  # [T, N]
+    check_labels("labels", labels)
+    one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
+    counts = one_hot.sum(1)  # [T, N]
     if (counts == 0).any():
         raise ValueError(
             f"every class 0..{n_way - 1} needs at least one support example; "
             f"per-class counts were {counts.tolist()}"
         )
-    one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
-    return torch.einsum("tsn,...tsd->...tnd", one_hot, embeddings) / counts[..., None]
+    return torch.einsum("tsn,...tsd->...tnd", one_hot, embeddings)
+
+
+def class_prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """Mean embedding of each class: ``[..., tasks, n_support, D]`` -> ``[..., tasks, n_way, D]``
+    (:func:`class_sums` over :func:`class_counts`)."""
+    sums = class_sums(embeddings, labels, n_way)  # checks the labels
+    return sums / class_counts(labels, n_way).to(embeddings.dtype)[..., None]
 
 
 def refine_prototypes(
@@ -71,7 +82,53 @@ def negative_squared_distances(queries: Tensor, prototypes: Tensor) -> Tensor:
     return -torch.cdist(queries, prototypes).pow(2)
 
 
-class ProtoNet(MetaLearner):
+class PrototypeLearner(MetaLearner):
+    """Classify by class prototypes, the mean support embeddings; ProtoNet and EnsembleProtoNet share it.
+
+    Subclasses give :meth:`embed`; :meth:`logits` and :meth:`probabilities` default to negative
+    squared distances and their softmax. ``adapt`` returns the prototypes ``[..., tasks, n_way, D]``
+    and ``predict`` the logits ``[tasks, n_query, n_way]``; both are inductive. :meth:`_solve` (what
+    ``forward`` calls) refines the prototypes with the query embeddings first when
+    ``self.transductive_steps > 0`` (:func:`refine_prototypes`). The number of ways is read from the
+    support labels (0..N-1).
+    """
+
+    needs_grad_to_adapt = False
+    transductive_steps: int
+
+    @abstractmethod
+    def embed(self, x: Tensor) -> Tensor:
+        """``[tasks, n, *x_shape]`` -> ``[..., tasks, n, D]``."""
+
+    def logits(self, prototypes: Tensor, queries: Tensor) -> Tensor:
+        """``[tasks, n_way, D]`` prototypes, ``[tasks, n_query, D]`` queries -> ``[tasks, n_query, n_way]``."""
+        return negative_squared_distances(queries, prototypes)
+
+    def probabilities(self, prototypes: Tensor, queries: Tensor) -> Tensor:
+        """Class probabilities ``[tasks, n_query, n_way]``: the softmax of :meth:`logits`."""
+        return self.logits(prototypes, queries).softmax(-1)
+
+    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        return class_prototypes(self.embed(support_x), support_y, int(support_y.max()) + 1)
+
+    def _predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
+        return self.logits(adapted, self.embed(query_x))
+
+    def _solve(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Logits ``[tasks, n_query, n_way]`` of the queries: inductive, or refined on the queries."""
+        prototypes = self._adapt(support_x, support_y)
+        if not self.transductive_steps:
+            return self._predict(prototypes, query_x)
+        queries = self.embed(query_x)
+        counts = class_counts(support_y, prototypes.shape[-2])
+        prototypes = refine_prototypes(prototypes, counts, queries, self.probabilities, self.transductive_steps)
+        return self.logits(prototypes, queries)
+
+    def _forward(self, task: Task) -> Tensor:
+        return self._solve(task.support_x, task.support_y, task.query_x)
+
+
+class ProtoNet(PrototypeLearner):
     """Logits are negative squared Euclidean distances from query embeddings to class prototypes.
 
     Args:
@@ -85,8 +142,6 @@ class ProtoNet(MetaLearner):
     ``meta_loss`` call) refines the prototypes first when ``transductive_steps > 0``.
     """
 
-    needs_grad_to_adapt = False
-
     def __init__(self, backbone: nn.Module, transductive_steps: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
@@ -95,23 +150,6 @@ class ProtoNet(MetaLearner):
     def embed(self, x: Tensor) -> Tensor:
         """``[tasks, n, *x_shape]`` -> ``[tasks, n, D]``, all tasks through the backbone at once."""
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
-
-    def _adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
-        n_way = int(support_y.max()) + 1
-        return class_prototypes(self.embed(support_x), support_y, n_way)
-
-    def _predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:
-        return negative_squared_distances(self.embed(query_x), adapted)
-
-    def _forward(self, task: Task) -> Tensor:
-        prototypes = self._adapt(task.support_x, task.support_y)
-        if not self.transductive_steps:
-            return self._predict(prototypes, task.query_x)
-        queries = self.embed(task.query_x)
-        counts = class_counts(task.support_y, prototypes.shape[-2])
-        probabilities = lambda p, q: negative_squared_distances(q, p).softmax(-1)  # noqa: E731
-        prototypes = refine_prototypes(prototypes, counts, queries, probabilities, self.transductive_steps)
-        return negative_squared_distances(queries, prototypes)
 
     def extra_repr(self) -> str:
         return f"transductive_steps={self.transductive_steps}" if self.transductive_steps else ""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner, task_loss
-from mlhelpers.learners.matching import support_one_hot
+from mlhelpers.learners.protonet import class_prototypes, class_sums
 from mlhelpers.models import Norm, _norm_layer
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int
@@ -170,13 +170,11 @@ class RelationNet(MetaLearner):
         return self.backbone(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def _adapt(self, support_x: Tensor, support_y: Tensor) -> RelationState:
-        one_hot = support_one_hot(support_y)  # [T, S, N]
         features = self.embed(support_x)  # [T, S, C, h, w]
-        one_hot = one_hot.to(features.device, features.dtype)
-        if self.class_pooling == "mean":
-            one_hot = one_hot / one_hot.sum(dim=1, keepdim=True)
-        class_features = torch.einsum("tsn,ts...->tn...", one_hot, features)
-        return RelationState(class_features)
+        n_way = int(support_y.max()) + 1
+        pool = class_prototypes if self.class_pooling == "mean" else class_sums
+        pooled = pool(features.flatten(2), support_y, n_way)  # [T, N, C * h * w]
+        return RelationState(pooled.unflatten(2, features.shape[2:]))
 
     def pairs(self, adapted: RelationState, query_x: Tensor) -> Tensor:
         """The relation module's input ``[tasks, n_query, n_way, 2C, h, w]``: class, then query."""
