@@ -117,7 +117,8 @@ def test_the_kernel_guard_refuses_and_records(tmp_path):
     import subprocess
 
     env, log = guarded_environment(tmp_path)
-    code = "import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=5)\nexcept OSError as e:\n    print(e)"
+    code = ("import urllib.request\ntry:\n    urllib.request.urlopen('http://example.org', timeout=5)\n"
+            "except OSError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert "blocked by the offline test" in out.stdout
     assert "example.org" in log.read_text()  # recorded even though the code caught the error
