@@ -281,6 +281,7 @@ def test_zero_predictor_and_averaging_have_their_expected_normalised_errors():
 # --- a short meta-training run -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_training_beats_averaging_at_the_query():
     torch.manual_seed(0)
     d, k = 2, 4

@@ -283,6 +283,7 @@ def test_pretrain_classifier_is_reproducible_with_a_seed():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, steps, least, gain",
     [("protonet", 300, 0.75, 0.15), ("matching", 300, 0.75, 0.15),

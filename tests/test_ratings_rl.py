@@ -53,6 +53,7 @@ def test_rating_tasks_reject_too_many_items_per_user():
         RatingTasks(3, 3, n_items=5)
 
 
+@pytest.mark.slow
 def test_rating_tasks_are_learnable_maml_beats_the_global_model(one_thread):
     """A short MAML run adapts to new users better than a model trained on all users pooled."""
 

@@ -36,6 +36,7 @@ def test_history_round_trip():
         History.from_dict({"bogus": 1})
 
 
+@pytest.mark.slow
 def test_protonet_learns_classes_it_never_saw():
     learner = mlp_protonet()
     test = lambda: EpisodicSampler(DATA, 5, 5, 5, split="test", seed=1)  # noqa: E731
@@ -73,6 +74,7 @@ class RidgeRegression(MetaLearner):
         return self.phi(query_x) @ adapted
 
 
+@pytest.mark.slow
 def test_sinusoid_regression_error_drops():
     torch.manual_seed(0)
     learner = RidgeRegression()
@@ -89,6 +91,7 @@ def test_sinusoid_regression_error_drops():
     assert history.val_metric[-1] < history.val_metric[0], history.val_metric
 
 
+@pytest.mark.slow
 def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     kwargs = dict(meta_batch_size=2, seed=7, progress=False, val_every=3, val_episodes=4, checkpoint_every=4)
 
