@@ -59,6 +59,14 @@ def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    """``a`` and ``b`` hold exactly the same parameters and buffers."""
+    sa, sb = clone_state(a), clone_state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
 @pytest.fixture
 def dataset() -> LabelledDataset:
     return make_dataset()

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import clone_state, synthetic_dataset
+from conftest import assert_same_state, synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.data.regression import LinearTasks, SinusoidTasks
@@ -33,13 +33,6 @@ def same_tasks(a: Task, b: Task) -> bool:
     return all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields) and (
         a.info.keys() == b.info.keys() and all(torch.equal(a.info[k], b.info[k]) for k in a.info)
     )
-
-
-def assert_same_state(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = clone_state(a), clone_state(b)
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 # --- samplers ---------------------------------------------------------------------------------

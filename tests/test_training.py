@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import clone_state, synthetic_dataset
+from conftest import assert_same_state, clone_state, synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
 from mlhelpers.data.regression import SinusoidTasks
 from mlhelpers.episodes import EpisodicSampler
@@ -110,10 +110,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     h_resumed = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path,
                            val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=9), **kwargs)
 
-    a, b = clone_state(straight), clone_state(resumed)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_state(straight, resumed)
     assert h_resumed.steps == list(range(1, 11))
     assert h_resumed.train_loss == h_straight.train_loss
     assert h_resumed.val_steps == h_straight.val_steps == [3, 6, 9]
@@ -123,8 +120,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     # Running again once finished changes nothing.
     again = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path, **kwargs)
     assert again.train_loss == h_straight.train_loss
-    for key, value in clone_state(resumed).items():
-        assert torch.equal(value, a[key])
+    assert_same_state(resumed, straight)
     with pytest.raises(ValueError, match="at step 10, beyond steps=5"):
         meta_train(resumed, train_sampler(), steps=5, checkpoint_path=path, **kwargs)
 
@@ -136,8 +132,7 @@ def test_same_seed_same_run_and_seed_mismatch_on_resume(tmp_path):
     torch.manual_seed(2)
     meta_train(b, train_sampler(), steps=5, meta_batch_size=2, seed=3, progress=False,
                checkpoint_path=tmp_path / "b.pt")
-    for key, value in clone_state(a).items():
-        assert torch.equal(value, clone_state(b)[key])
+    assert_same_state(a, b)
     with pytest.raises(ValueError, match="seed=3, but seed=4 was given"):
         meta_train(b, train_sampler(), steps=8, meta_batch_size=2, seed=4, progress=False,
                    checkpoint_path=tmp_path / "b.pt")
