@@ -1,8 +1,9 @@
 # Learning to Learn: the book's commands.
 #
 #   make book    build the website from the notebooks' stored outputs into site/
-#   make test    run every test: tests/ and every notebook (executed in quick mode), and the
-#                website in headless Chromium (Debian's chromium, installed with apt-get if missing)
+#   make test    lint, then run every test: tests/ and every notebook (executed in quick mode), and
+#                the website in headless Chromium (Debian's chromium, installed with apt-get if missing)
+#   make test-fast  the unit tests not marked slow (no notebooks, browser or site build), in under 2 minutes
 #
 # Both use the active virtualenv/conda environment if there is one, else create .venv/ here
 # (see scripts/env.sh). `make help` lists the helpers.
@@ -19,7 +20,7 @@ SERVE_ADDR ?= 127.0.0.1:8000
 # notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help env book serve browser test test-unit test-notebooks run-notebooks lab sync clean distclean
+.PHONY: help env book serve browser lint test test-fast test-unit test-notebooks run-notebooks lab sync clean distclean
 
 # Material for MkDocs prints a banner about its future on every build; the book does not need it.
 export NO_MKDOCS_2_WARNING := 1
@@ -41,14 +42,23 @@ serve: ## serve the website with live reload (http://127.0.0.1:8000)
 browser: ## install Debian's chromium for the browser test, if missing (apt-get)
 	@scripts/install-browser.sh
 
+lint: ## lint and import order of every Python file (ruff, configured in pyproject.toml)
+	@$(ENV) python -m ruff check .
+
 # One pytest run for both, so one summary line counts everything.
 # --nbval-lax: every cell must run without error; outputs (timings, random draws) are not
 # compared unless a cell is marked NBVAL_CHECK_OUTPUT.
 # --nbval-current-env: kernels run on the same interpreter as pytest (the environment's python),
 # whatever kernelspec a notebook's metadata or the user's Jupyter directories name.
-test: browser ## run every test: pytest on tests/ and every notebook in quick mode
+# Every notebook's kernel runs offline (conftest.py): a connection attempt fails its cell.
+test: lint browser ## lint, then every test: pytest on tests/ and every notebook in quick mode
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
+
+# Tests marked @pytest.mark.slow (meta-training runs, the shipped learner's accuracy) are left out.
+test-fast: ## the unit tests not marked slow: no notebooks, browser or site build (under 2 minutes)
+	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests -m "not slow" \
+		--ignore=tests/test_browser.py --ignore=tests/test_site.py $(PYTEST_ARGS)
 
 test-unit: browser ## run only tests/ (the website's browser test included)
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(PYTEST_ARGS)

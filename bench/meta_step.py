@@ -9,7 +9,8 @@ the outer optimiser step is the same for everyone and left out.
 Every implementation runs in a fresh subprocess on the same model initialisation and the same
 tasks: one warm-up step, then ``--repeats`` timed steps; a second fresh process measures the
 memory of one step. The script prints, in one run, the wall time per meta-step and its ratio to
-ours, the CPU time, the peak resident memory a step adds (``VmHWM`` after a reset), the largest meta-gradient difference from the plain loop (relative
+ours, the CPU time, the peak resident memory a step adds (``VmHWM`` after a reset), the largest
+meta-gradient difference from the plain loop (relative
 to the largest gradient entry), and the fraction of the machine's arithmetic peak that our
 learner reaches (FLOPs counted by ``torch.utils.flop_counter``; peak = the measured rate of a
 large float32 matrix product with all threads). One more row, ``floor``, is a lower bound rather
@@ -78,7 +79,8 @@ from mlhelpers.models import conv4
 from mlhelpers.samplers.episodic import EpisodicSampler
 
 impl, steps, first_order, tasks, repeats, alpha, out = (
-    sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]), sys.argv[7])
+    sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4]), int(sys.argv[5]), float(sys.argv[6]),
+    sys.argv[7])
 torch.manual_seed(0)
 model = conv4(out_features=5, norm="task")
 batch = EpisodicSampler(load_omniglot(), 5, 1, 15, "train", seed=0).sample(tasks)
@@ -278,7 +280,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed meta-steps per implementation")
     parser.add_argument("--settings", default="so1,so5,fo1", help="comma-separated subset of " + ",".join(SETTINGS))
     parser.add_argument("--impls", default=",".join(IMPLEMENTATIONS),
-                        help="comma-separated subset of " + ",".join(IMPLEMENTATIONS) + " (must include plain and ours-loop)")
+                        help="comma-separated subset of " + ",".join(IMPLEMENTATIONS)
+                        + " (must include plain and ours-loop)")
     parser.add_argument("--no-install", action="store_true", help="skip peers that are not installed")
     parser.add_argument("--out", default=str(HERE / "results"), help="write OUT.md and OUT.json")
     parser.add_argument("--high-priority", action="store_true",
@@ -342,7 +345,8 @@ def main() -> None:
                        f"{walls[fastest_peer]:.2f} s, ours ({IMPLEMENTATIONS[best_ours][0]}) {walls[best_ours]:.2f} s: "
                        f"{walls[fastest_peer] / walls[best_ours]:.2f}x (goal: 1.5x, that is "
                        f"{walls[fastest_peer] / 1.5:.2f} s)." + (
-                           f" The query pass alone, without adaptation, takes {walls[BOUND]:.2f} s." if BOUND in impls else ""))
+                           f" The query pass alone, without adaptation, takes {walls[BOUND]:.2f} s."
+                           if BOUND in impls else ""))
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(row) + " |" for row in rows])
     threads = results[settings[0], "ours-loop"]["threads"]
@@ -352,10 +356,10 @@ def main() -> None:
              f"torch {torch_version()}; run at {priority}; load average {load_before:.1f} before and "
              f"{load_after:.1f} after (other jobs sharing the machine slow everything, multi-threaded "
              f"kernels most).",
-             f"x ours: wall time relative to the faster of our two strategies (higher is slower). Max grad diff: largest "
-             f"|difference| from the plain loop's meta-gradient over all parameters, relative to "
-             f"its largest entry (tasks in threads use single-threaded kernels, which sum in another order; in "
-             f"float64 the tests find the strategies equal to 1e-10). Share of peak: FLOPs of the meta-step "
+             "x ours: wall time relative to the faster of our two strategies (higher is slower). "
+             "Max grad diff: largest |difference| from the plain loop's meta-gradient over all parameters, relative to "
+             "its largest entry (tasks in threads use single-threaded kernels, which sum in another order; in "
+             "float64 the tests find the strategies equal to 1e-10). Share of peak: FLOPs of the meta-step "
              + ", ".join(f"({SETTINGS[s][0]}: {results[s, 'ours-loop']['flops'] / 1e9:.0f} GFLOP)" for s in settings)
              + f" divided by the wall time and by the measured peak of {peak / 1e9:.0f} GFLOP/s."]
     notes += [" ".join(summary)]

@@ -1,12 +1,15 @@
-"""Shared fixtures: small synthetic labelled datasets that run in milliseconds."""
+"""Shared fixtures and builders: small synthetic datasets, module state, thread count, RNG, network."""
 
 from __future__ import annotations
 
+import random
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mlhelpers.data.labelled import LabelledDataset
 
@@ -51,6 +54,19 @@ def synthetic_dataset(num_classes: int = 20, per_class: int = 20, size: int = 8,
     )
 
 
+def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``module.state_dict()``, to compare with exactly later."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    """``a`` and ``b`` hold exactly the same parameters and buffers."""
+    sa, sb = clone_state(a), clone_state(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
 @pytest.fixture
 def dataset() -> LabelledDataset:
     return make_dataset()
@@ -63,6 +79,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def global_rng_restored():
+    """Every test leaves Python's, NumPy's and PyTorch's global generators as it found them.
+
+    Tests may call ``torch.manual_seed``/``seed_everything`` in this process; without this, the
+    numbers a later test draws from the global generators would depend on which tests ran first.
+    """
+    python, numpy, torch_cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(torch_cpu)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from sitebuild import ROOT, build_site, chapter_number, chapters
 
 CHAPTERS = chapters()

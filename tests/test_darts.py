@@ -72,7 +72,7 @@ def test_mixed_op_with_one_hot_weights_is_that_operation():
     torch.manual_seed(0)
     mixed = MixedOp(3, OPS)
     x = torch.randn(2, 3, 5, 5)
-    for k, name in enumerate(OPS):
+    for k in range(len(OPS)):
         torch.testing.assert_close(mixed(x, F.one_hot(torch.tensor(k), len(OPS)).float()), mixed.ops[k](x))
     assert torch.count_nonzero(mixed.ops[0](x)) == 0 and torch.equal(mixed.ops[1](x), x)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import synthetic_dataset
+from conftest import assert_same_state, synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.evaluation import evaluate
@@ -29,27 +29,18 @@ DATA = synthetic_dataset()
 
 
 def same_tasks(a: Task, b: Task) -> bool:
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("support_x", "support_y", "query_x", "query_y")) and (
+    fields = ("support_x", "support_y", "query_x", "query_y")
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in fields) and (
         a.info.keys() == b.info.keys() and all(torch.equal(a.info[k], b.info[k]) for k in a.info)
     )
-
-
-def state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_same_state(a: nn.Module, b: nn.Module) -> None:
-    sa, sb = state(a), state(b)
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
 
 
 # --- samplers ---------------------------------------------------------------------------------
 
 SAMPLERS = {
     "omniglot": lambda seed: EpisodicSampler(load_omniglot(), 5, 1, 3, split="train", rotations=True, seed=seed),
-    "omniglot-within-alphabet": lambda seed: EpisodicSampler(load_omniglot(), 20, 1, 1, split="test", within_group=True, seed=seed),
+    "omniglot-within-alphabet": lambda seed: EpisodicSampler(load_omniglot(), 20, 1, 1, split="test",
+                                                             within_group=True, seed=seed),
     "sinusoid": lambda seed: SinusoidTasks(5, 10, seed=seed),
     "linear": lambda seed: LinearTasks(4, 5, 5, noise_std=0.1, seed=seed),
 }
@@ -188,6 +179,7 @@ def test_a_fresh_process_gives_the_same_numbers():
 
 
 def _digest_in_this_process() -> str:
+    """SCRIPT's digest computed here; its ``seed_everything`` is undone by conftest's ``global_rng_restored``."""
     import contextlib
     import io
 

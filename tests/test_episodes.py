@@ -44,7 +44,7 @@ def test_every_class_of_a_split_gets_drawn(dataset):
 
 
 def test_same_seed_same_episodes_other_seed_other_episodes(dataset):
-    make = lambda seed: EpisodicSampler(dataset, 3, 1, 2, "train", seed=seed).sample(4)
+    make = lambda seed: EpisodicSampler(dataset, 3, 1, 2, "train", seed=seed).sample(4)  # noqa: E731
     a, b, c = make(7), make(7), make(8)
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
     assert not torch.equal(a.info["support_index"], c.info["support_index"])
@@ -194,7 +194,7 @@ def test_property_episodes_stay_in_their_split_and_bad_splits_raise(assignment, 
 @given(a=st.sets(st.integers(0, 11), min_size=1), b=st.sets(st.integers(0, 11), min_size=1))
 def test_property_overlapping_splits_are_refused(a, b):
     base = make_dataset()
-    make = lambda: type(base)(base.images, base.labels, base.class_names,
+    make = lambda: type(base)(base.images, base.labels, base.class_names,  # noqa: E731
                               splits={"a": torch.tensor(sorted(a)), "b": torch.tensor(sorted(b))})
     if a & b:
         with pytest.raises(ValueError, match=rf"class {min(a & b)} is in both split 'a' and split 'b'"):

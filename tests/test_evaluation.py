@@ -32,14 +32,15 @@ class OneStepLinear(MetaLearner):
 
 
 class RecordingSampler:
-    """Wraps a sampler and records the batch sizes asked for."""
+    """Wraps a sampler and records the batch sizes asked for and the batches it gave."""
 
     def __init__(self, sampler):
-        self.sampler, self.sizes = sampler, []
+        self.sampler, self.sizes, self.batches = sampler, [], []
 
     def sample(self, num_tasks):
         self.sizes.append(num_tasks)
-        return self.sampler.sample(num_tasks)
+        self.batches.append(self.sampler.sample(num_tasks))
+        return self.batches[-1]
 
 
 def test_mean_confidence_interval_matches_hand_computation():
@@ -88,7 +89,8 @@ def test_ci_shrinks_like_one_over_sqrt_n():
     learner = ProtoNet(nn.Flatten())
     dataset = synthetic_dataset(noise=3.0)  # hard enough that episodes vary
     small = evaluate(learner, EpisodicSampler(dataset, 5, 1, 2, split="test", seed=1), num_episodes=100, batch_size=50)
-    large = evaluate(learner, EpisodicSampler(dataset, 5, 1, 2, split="test", seed=2), num_episodes=1600, batch_size=200)
+    large = evaluate(learner, EpisodicSampler(dataset, 5, 1, 2, split="test", seed=2),
+                     num_episodes=1600, batch_size=200)
     ratio = small.ci95 / large.ci95
     assert 2.8 < ratio < 5.5, ratio  # sqrt(1600 / 100) = 4
 
@@ -114,10 +116,14 @@ def test_gradient_based_adaptation_works_and_mode_is_restored():
     learner.eval()
     evaluate(learner, sampler, num_episodes=2)
     assert learner.training is False
-    # The inner step must actually have used gradients: compare with the unadapted predictor.
-    task = LinearTasks(3, 10, 10, seed=0).sample(4)
-    unadapted = (task.query_x @ learner.w - task.query_y).pow(2).flatten(1).mean(1)
-    assert result.values.mean() < unadapted.mean()
+    # The inner step must actually have used gradients: on the very tasks evaluate drew, the
+    # adapted predictor beats the unadapted one, task by task.
+    recorded = RecordingSampler(LinearTasks(3, 10, 10, seed=0))
+    adapted = evaluate(learner, recorded, num_episodes=4, batch_size=4)
+    (task,) = recorded.batches
+    with torch.no_grad():
+        unadapted = (task.query_x @ learner.w - task.query_y).pow(2).flatten(1).mean(1)  # [tasks]
+    assert (adapted.values < unadapted).all(), (adapted.values, unadapted)
 
 
 def test_mode_is_restored_when_the_learner_fails():

@@ -77,8 +77,10 @@ def test_paired_sequences_hold_one_token_per_example_and_no_query_label():
     expected = torch.tensor([context + [[7.0, 8.0, 0.0]], context + [[9.0, 10.0, 0.0]]])
     torch.testing.assert_close(sequences, expected)
     assert not torch.isin(sequences, query_y.flatten()).any()
-    classes = task_sequences(Task(support_x, torch.tensor([[1, 0]]), query_x, torch.tensor([[0, 1]])), n_way=2, paired=True)
-    torch.testing.assert_close(classes[0], torch.tensor([[1.0, 2.0, 0.0, 1.0], [3.0, 4.0, 1.0, 0.0], [7.0, 8.0, 0.0, 0.0]]))
+    task = Task(support_x, torch.tensor([[1, 0]]), query_x, torch.tensor([[0, 1]]))
+    classes = task_sequences(task, n_way=2, paired=True)
+    expected = torch.tensor([[1.0, 2.0, 0.0, 1.0], [3.0, 4.0, 1.0, 0.0], [7.0, 8.0, 0.0, 0.0]])
+    torch.testing.assert_close(classes[0], expected)
     with pytest.raises(ValueError, match="overlap"):
         paired_query_sequences(torch.ones(1, 2, 3), torch.ones(1, 2, 3), torch.ones(1, 1, 3))
 
@@ -280,6 +282,7 @@ def test_zero_predictor_and_averaging_have_their_expected_normalised_errors():
 # --- a short meta-training run -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_short_training_beats_averaging_at_the_query():
     torch.manual_seed(0)
     d, k = 2, 4

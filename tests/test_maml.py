@@ -20,14 +20,8 @@ from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU spinning threads cost 10-50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors gain nothing from threads, and on a shared CPU spinning threads cost 10-50x.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LEARNERS = {

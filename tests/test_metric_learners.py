@@ -219,7 +219,8 @@ def test_relation_backbone_keeps_paper_feature_maps():
 
 def test_nearest_centroid_without_normalisation_is_protonet():
     torch.manual_seed(0)
-    task = Task(torch.randn(2, 6, 3), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2), torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.int64))
+    task = Task(torch.randn(2, 6, 3), torch.tensor([[0, 1, 2, 0, 1, 2]] * 2),
+                torch.randn(2, 4, 3), torch.zeros(2, 4, dtype=torch.int64))
     torch.testing.assert_close(NearestCentroid(nn.Flatten(), None)(task), ProtoNet(nn.Flatten())(task))
 
 
@@ -284,9 +285,11 @@ def test_pretrain_classifier_is_reproducible_with_a_seed():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, steps, least, gain",
-    [("protonet", 300, 0.75, 0.15), ("matching", 300, 0.75, 0.15), ("relation", 400, 0.6, 0.3), ("relation_mse", 400, 0.6, 0.3)],
+    [("protonet", 300, 0.75, 0.15), ("matching", 300, 0.75, 0.15),
+     ("relation", 400, 0.6, 0.3), ("relation_mse", 400, 0.6, 0.3)],
 )
 def test_meta_training_generalises_to_held_out_classes(name, steps, least, gain):
     dataset = bars_dataset()

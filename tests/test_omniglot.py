@@ -6,7 +6,6 @@ import importlib.resources
 import importlib.util
 import io
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -61,15 +60,6 @@ def fresh_cache():
     omniglot._load_raw.cache_clear()
     yield
     omniglot._load_raw.cache_clear()
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("this test must not open a network connection")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # ---------------------------------------------------------------- the shipped file

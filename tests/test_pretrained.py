@@ -40,6 +40,7 @@ def test_unknown_name_lists_the_available_ones():
         pretrained.load("resnet-imagenet")
 
 
+@pytest.mark.slow
 def test_shipped_learner_is_accurate_on_meta_test_alphabets(learner, episodes):
     predicted = learner.predict_labels(episodes.support_x, episodes.support_y, episodes.query_x)
     assert predicted.shape == episodes.query_y.shape and predicted.dtype == torch.int64
@@ -111,6 +112,7 @@ def test_save_and_load_file_round_trip(tmp_path):
         torch.testing.assert_close(loaded(task), learner(task), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.slow
 def test_short_training_run_is_far_above_chance():
     omniglot = load_omniglot()
     backbone = recipe.train_member(omniglot, seed=0, steps=100, n_way=20, augment=False, hidden_channels=16,
@@ -176,6 +178,7 @@ def test_one_member_ensemble_refines_like_a_transductive_protonet():
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_transductive_shipped_learner_is_at_least_as_accurate(learner):
     tasks = EpisodicSampler(load_omniglot(), 5, 1, 5, "test", seed=3).sample(20)
     transductive = pretrained.load(transductive_steps=3)

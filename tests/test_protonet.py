@@ -84,7 +84,8 @@ def test_refinement_with_the_queries_fixes_an_unlucky_support_example():
     task = Task(support, torch.tensor([[0, 1]]), queries, labels)
     assert task_metric(inductive(task), labels) < 0.9
     assert task_metric(transductive(task), labels) == 1.0
-    torch.testing.assert_close(transductive.predict(transductive.adapt(support, task.support_y), queries), inductive(task))
+    refined = transductive.predict(transductive.adapt(support, task.support_y), queries)
+    torch.testing.assert_close(refined, inductive(task))
 
 
 def test_transductive_predictions_follow_the_queries_order():

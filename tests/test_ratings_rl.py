@@ -54,6 +54,7 @@ def test_rating_tasks_reject_too_many_items_per_user():
         RatingTasks(3, 3, n_items=5)
 
 
+@pytest.mark.slow
 def test_rating_tasks_are_learnable_maml_beats_the_global_model(one_thread):
     """A short MAML run adapts to new users better than a model trained on all users pooled."""
 
@@ -138,7 +139,8 @@ def test_reinforce_matches_the_true_gradient_in_expectation(one_thread):
     _, reward = env.step(torch.zeros(1, episodes, 2), action[None])
     true = torch.autograd.grad(-reward.mean(), list(policy.parameters()), allow_unused=True)
     flat_pg = torch.cat([p.flatten() for p in pg])
-    flat_true = torch.cat([(t if t is not None else torch.zeros_like(p)).flatten() for t, p in zip(true, policy.parameters())])
+    flat_true = torch.cat([(t if t is not None else torch.zeros_like(p)).flatten()
+                           for t, p in zip(true, policy.parameters())])
     cos = torch.nn.functional.cosine_similarity(flat_pg, flat_true, dim=0)
     assert cos > 0.95, cos
     assert torch.allclose(flat_pg.norm(), flat_true.norm(), rtol=0.15)

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+
 from sitebuild import ROOT, build_site, chapter_number, chapters
 
 CHAPTERS = chapters()
@@ -87,7 +88,8 @@ def test_chapter_page_has_colab_badge_and_download(site, notebook):
 
 def _module_sections(api_html: str) -> dict[str, str]:
     starts = [(m.start(), m.group(1)) for m in re.finditer(r'<h2 id="(mlhelpers[\w.]*)"', api_html)]
-    return {name: api_html[start : (starts[i + 1][0] if i + 1 < len(starts) else len(api_html))] for i, (start, name) in enumerate(starts)}
+    ends = [start for start, _ in starts[1:]] + [len(api_html)]
+    return {name: api_html[start:end] for (start, name), end in zip(starts, ends)}
 
 
 def test_api_reference_documents_the_learners(site):
@@ -108,7 +110,8 @@ def test_api_reference_links_each_module_to_its_chapter(site):
     links = re.findall(r'<a href="([^"]+)">(?:Chapter )?(\d+)</a>', api)
     linked = {int(n) for _, n in links}
     mentioned = {int(n) for n in re.findall(r"\bChapter\s+(\d+)", html.unescape(re.sub(r"<[^>]+>", "", api)))}
-    assert mentioned & set(existing) <= linked, f"chapters named but not linked: {sorted((mentioned & set(existing)) - linked)}"
+    named = mentioned & set(existing)
+    assert named <= linked, f"chapters named but not linked: {sorted(named - linked)}"
     assert linked <= set(existing), f"links to chapters that do not exist: {sorted(linked - set(existing))}"
     for href, number in links:
         target = (api_page.parent / href / "index.html").resolve()

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import synthetic_dataset
+from conftest import assert_same_state, clone_state, synthetic_dataset
 from mlhelpers.checkpoint import load_checkpoint
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MetaLearner, ProtoNet
@@ -10,7 +10,6 @@ from mlhelpers.models import conv4, mlp
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import SinusoidTasks
 from mlhelpers.training import History, meta_train
-
 
 DATA = synthetic_dataset()
 
@@ -37,6 +36,7 @@ def test_history_round_trip():
         History.from_dict({"bogus": 1})
 
 
+@pytest.mark.slow
 def test_protonet_learns_classes_it_never_saw():
     learner = mlp_protonet()
     test = lambda: EpisodicSampler(DATA, 5, 5, 5, split="test", seed=1)  # noqa: E731
@@ -74,6 +74,7 @@ class RidgeRegression(MetaLearner):
         return self.phi(query_x) @ adapted
 
 
+@pytest.mark.slow
 def test_sinusoid_regression_error_drops():
     torch.manual_seed(0)
     learner = RidgeRegression()
@@ -83,13 +84,14 @@ def test_sinusoid_regression_error_drops():
     after = evaluate(learner, SinusoidTasks(10, 20, seed=1), num_episodes=100)
     assert history.metric == "mse"
     assert after.mean < 0.5 and after.mean < before.mean / 4, (before, after)
-    assert history.val_metric[-1] < history.val_metric[0] * 1.5
+    # Predicting zero scores E[A^2] E[sin^2] = (5^3 - 0.1^3) / (3 * 4.9) / 2 = 4.25 for A ~ U[0.1, 5]
+    # (the task mean does no better); the untrained learner scores about 3.6, the trained one 0.1.
+    zero_mse = (5.0**3 - 0.1**3) / (3 * 4.9) / 2
+    assert history.val_metric[-1] < zero_mse / 10, history.val_metric
+    assert history.val_metric[-1] < history.val_metric[0], history.val_metric
 
 
-def _params(learner):
-    return {k: v.detach().clone() for k, v in learner.state_dict().items()}
-
-
+@pytest.mark.slow
 def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     kwargs = dict(meta_batch_size=2, seed=7, progress=False, val_every=3, val_episodes=4, checkpoint_every=4)
 
@@ -108,10 +110,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     h_resumed = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path,
                            val_sampler=EpisodicSampler(DATA, 5, 1, 1, split="test", seed=9), **kwargs)
 
-    a, b = _params(straight), _params(resumed)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_state(straight, resumed)
     assert h_resumed.steps == list(range(1, 11))
     assert h_resumed.train_loss == h_straight.train_loss
     assert h_resumed.val_steps == h_straight.val_steps == [3, 6, 9]
@@ -121,8 +120,7 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path):
     # Running again once finished changes nothing.
     again = meta_train(resumed, train_sampler(), steps=10, checkpoint_path=path, **kwargs)
     assert again.train_loss == h_straight.train_loss
-    for key, value in _params(resumed).items():
-        assert torch.equal(value, a[key])
+    assert_same_state(resumed, straight)
     with pytest.raises(ValueError, match="at step 10, beyond steps=5"):
         meta_train(resumed, train_sampler(), steps=5, checkpoint_path=path, **kwargs)
 
@@ -134,8 +132,7 @@ def test_same_seed_same_run_and_seed_mismatch_on_resume(tmp_path):
     torch.manual_seed(2)
     meta_train(b, train_sampler(), steps=5, meta_batch_size=2, seed=3, progress=False,
                checkpoint_path=tmp_path / "b.pt")
-    for key, value in _params(a).items():
-        assert torch.equal(value, _params(b)[key])
+    assert_same_state(a, b)
     with pytest.raises(ValueError, match="seed=3, but seed=4 was given"):
         meta_train(b, train_sampler(), steps=8, meta_batch_size=2, seed=4, progress=False,
                    checkpoint_path=tmp_path / "b.pt")
@@ -194,7 +191,8 @@ def test_incompatible_config_on_resume_names_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"'meta_batch_size': saved 2, expected 3"):
         meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=3, progress=False,
                    checkpoint_path=path, config={"lr": 1e-3, "backbone": "mlp"})
-    with pytest.raises(ValueError, match=r"config\['meta_batch_size'\]=5 disagrees with the argument meta_batch_size=2"):
+    disagree = r"config\['meta_batch_size'\]=5 disagrees with the argument meta_batch_size=2"
+    with pytest.raises(ValueError, match=disagree):
         meta_train(mlp_protonet(), train_sampler(), steps=4, meta_batch_size=2, progress=False,
                    config={"meta_batch_size": 5})
 
@@ -245,7 +243,7 @@ def test_bad_arguments_are_named(kwargs, error, match):
 
 def test_non_finite_gradient_norm_stops_before_the_step_and_before_any_checkpoint(tmp_path):
     learner = mlp_protonet()
-    before = _params(learner)
+    before = clone_state(learner)
     for p in learner.parameters():
         p.register_hook(lambda g: g * float("inf"))  # a finite loss whose gradient overflows
     path = tmp_path / "run.pt"
@@ -254,7 +252,7 @@ def test_non_finite_gradient_norm_stops_before_the_step_and_before_any_checkpoin
                    checkpoint_path=path)
     assert f"No checkpoint was written to {str(path)!r}" in str(error.value)
     assert not path.exists() and list(tmp_path.iterdir()) == []
-    for key, value in _params(learner).items():
+    for key, value in clone_state(learner).items():
         assert torch.equal(value, before[key]), key  # the optimizer never stepped
 
 

@@ -10,8 +10,8 @@ error class of the "Error" column and the message contains every backticked frag
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import optuna
@@ -269,7 +269,8 @@ TRIGGERS: dict[str, Callable] = {
     "task-field-rank": lambda: replace(image_task(), support_x=torch.zeros(3)),
     "task-batch-size": lambda: replace(image_task(tasks=3), support_y=torch.zeros(2, 6, dtype=torch.long)),
     "task-example-count": lambda: replace(image_task(), query_y=torch.zeros(2, 7, dtype=torch.long)),
-    "task-empty-support": lambda: Task(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1), torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)),
+    "task-empty-support": lambda: Task(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1),
+                                       torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)),
     "task-example-shape": lambda: replace(image_task(), query_x=torch.zeros(2, 6, 1, 9, 9)),
     "task-devices": lambda: replace(image_task(), query_x=meta_device(image_task().query_x)),
     "task-info": lambda: replace_info(image_task(), {"w": [1.0]}),
@@ -325,7 +326,8 @@ TRIGGERS: dict[str, Callable] = {
     "learner-support-shapes": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.zeros(2, 5, dtype=torch.long))),
     "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
-    "learner-query-device": per_learner(lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
+    "learner-query-device": per_learner(
+        lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
         replace(t := regression_task(), support_y=with_nan(t.support_y))),
     "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
@@ -335,7 +337,8 @@ TRIGGERS: dict[str, Callable] = {
     # task_loss / task_metric
     "loss-label-shapes": lambda: task_loss(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long)),
     "loss-regression-shapes": lambda: task_metric(torch.zeros(2, 3, 2), torch.zeros(2, 3, 1)),
-    "loss-outputs-dtype": lambda: task_loss(torch.zeros(2, 3, 5, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)),
+    "loss-outputs-dtype": lambda: task_loss(torch.zeros(2, 3, 5, dtype=torch.long),
+                                            torch.zeros(2, 3, dtype=torch.long)),
     # Gradient-based learners' options
     "maml-inner-lr": lambda: MAML(mlp(1, 1), inner_lr=-0.5),
     "maml-steps": lambda: MAML(mlp(1, 1), inner_steps=-1),
@@ -343,8 +346,8 @@ TRIGGERS: dict[str, Callable] = {
     "maml-running-stats": lambda: MAML(conv4(norm="batch")),
     "sgd-lrs": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)}, {}, 1,
                                  create_graph=False, functional=False),
-    "sgd-steps": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)}, {"w": 0.1}, -2,
-                                   create_graph=False, functional=False),
+    "sgd-steps": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)},
+                                   {"w": 0.1}, -2, create_graph=False, functional=False),
     "parallel-workers": lambda: map_tasks_in_threads(lambda m, t: None, nn.Linear(1, 1), image_task(), 0),
     "anil-head": lambda: ANIL(mlp(1, 1), head=9),
     # Models
