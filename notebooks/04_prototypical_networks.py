@@ -69,8 +69,18 @@ from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import MAML, EnsembleProtoNet, MatchingNet, NearestCentroid, ProtoNet, RelationNet
-from mlhelpers.learners import class_prototypes, feature_mean, refine_prototypes, relation_backbone
+from mlhelpers.learners import (
+    MAML,
+    EnsembleProtoNet,
+    MatchingNet,
+    NearestCentroid,
+    ProtoNet,
+    RelationNet,
+    class_prototypes,
+    feature_mean,
+    refine_prototypes,
+    relation_backbone,
+)
 from mlhelpers.models import conv4
 from mlhelpers.plotting import plot_learning_curves, show_episode
 from mlhelpers.pretraining import pretrain_classifier

@@ -51,7 +51,6 @@ if "google.colab" in sys.modules:
     pass
 
 # %%
-import math
 import time
 
 import matplotlib.pyplot as plt

@@ -67,8 +67,7 @@ from torch.func import functional_call
 
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
-from mlhelpers.darts import (FixedNetwork, SearchNetwork, architecture_gradient, derive_architecture,
-                             random_architecture)
+from mlhelpers.darts import FixedNetwork, SearchNetwork, architecture_gradient, derive_architecture, random_architecture
 from mlhelpers.data.omniglot import load_omniglot, omniglot_drawers
 from mlhelpers.evaluation import evaluate
 from mlhelpers.hpo import TrialSetup, learner_objective, open_study, warm_start

@@ -57,7 +57,6 @@ from torch import nn
 
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
-from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import OMNIGLOT_SPLITS, load_omniglot
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
