@@ -20,11 +20,11 @@ import argparse
 import torch
 
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import EnsembleProtoNet
 from mlhelpers.pretrained import load_file, save
 from mlhelpers.recipe import LR_SCHEDULES, VAL_SEED, train_ensemble, within_alphabet
+from mlhelpers.samplers.episodic import EpisodicSampler
 
 
 def main() -> None:

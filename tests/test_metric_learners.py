@@ -12,10 +12,10 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import ProtoNet, task_loss
 from mlhelpers.learners.baseline import NearestCentroid, feature_mean
-from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.models import conv4
+from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train

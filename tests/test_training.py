@@ -279,8 +279,7 @@ def test_scheduler_steps_once_per_step_and_resumes_exactly(tmp_path):
     meta_train(resumed, train_sampler(), steps=6, checkpoint_path=path, optimizer=optimizer, scheduler=scheduler,
                **kwargs)
     assert scheduler.last_epoch == 6
-    for key, value in _params(straight).items():
-        assert torch.equal(value, _params(resumed)[key]), key
+    assert_same_state(straight, resumed)
     with pytest.raises(ValueError, match="scheduler"):  # a run with a scheduler resumes only with one
         meta_train(mlp_protonet(), train_sampler(), steps=6, checkpoint_path=path, **kwargs)
 

@@ -210,7 +210,8 @@ def checkpoint_run(tmp: Path, **kwargs) -> Path:
 # --- one trigger per row --------------------------------------------------------------------
 
 def _search_network():
-    net = SearchNetwork(1, 3, hidden_channels=2, cells=1, nodes=2, operations=("zero", "skip", "conv3x3", "avg_pool3x3"))
+    operations = ("zero", "skip", "conv3x3", "avg_pool3x3")
+    net = SearchNetwork(1, 3, hidden_channels=2, cells=1, nodes=2, operations=operations)
     return net, net.init_alphas(), (torch.zeros(2, 1, 6, 6), torch.zeros(2, dtype=torch.long))
 
 
