@@ -18,16 +18,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int, check_tensor, describe
+from mlhelpers.tasks import Task, check_task
+from mlhelpers.validation import check_positive_int, check_tensor
 
 GRAY_CMAP = "gray_r"
 _PREDICTION_COLORS = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 
 
 def _check_index(task: Task, index: int) -> int:
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    check_task(task)
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"index must be an int, got {type(index).__name__}")
     if not -len(task) <= index < len(task):
@@ -178,8 +177,7 @@ def plot_regression_tasks(
     ``learner(task)`` returns), or a dict ``{label: outputs}`` to compare models.
     """
     check_positive_int("n", n)
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    check_task(task)
     if task.support_x.dim() != 3 or task.support_x.shape[-1] != 1 or task.support_y.shape[-1:] != (1,):
         raise ValueError(
             "plot_regression_tasks needs 1-D regression tasks with support_x and support_y "

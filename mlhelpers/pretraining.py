@@ -77,8 +77,7 @@ def pretrain_classifier(
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     lr = check_positive("lr", lr)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    generator = make_generator(seed)
     index, classes = split_examples(dataset, split)
     n_rot = ROTATIONS if rotations else 1
     num_classes = int(classes.max()) + 1 if len(classes) else 0
@@ -86,7 +85,6 @@ def pretrain_classifier(
         raise ValueError(f"split {split!r} has {num_classes * n_rot} class(es); a classifier needs at least 2")
     device = torch.device(device) if device is not None else module_device(backbone, "cpu")
     backbone.to(device)
-    generator = make_generator(seed)
 
     was_training = backbone.training
     backbone.eval()

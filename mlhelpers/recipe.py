@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from mlhelpers.samplers.augmented import AugmentedSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.evaluation import EvalResult, evaluate

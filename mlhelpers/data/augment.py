@@ -5,7 +5,7 @@ draw them that way), so these make new drawings of the same character:
 
     x_aug = random_affine(task.support_x, generator=g)        # any [..., C, H, W]
 
-:class:`~mlhelpers.samplers.augmented.AugmentedSampler` applies them to every episode of a sampler.
+:class:`~mlhelpers.samplers.wrappers.AugmentedSampler` applies them to every episode of a sampler.
 
 Images are resampled bilinearly with zero padding (background is 0, ink is 1).
 """

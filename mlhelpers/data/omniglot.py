@@ -46,6 +46,7 @@ from PIL import Image
 from torch import Tensor
 
 from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.validation import check_bool
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -273,10 +274,7 @@ def load_omniglot(split_by_alphabet: bool = True) -> LabelledDataset:
     Raises:
         ValueError: the shipped file does not match :data:`OMNIGLOT_SHA256` (corrupted).
     """
-    if not isinstance(split_by_alphabet, bool):
-        raise TypeError(
-            f"split_by_alphabet must be a bool, got {type(split_by_alphabet).__name__} {split_by_alphabet!r}"
-        )
+    check_bool("split_by_alphabet", split_by_alphabet)
     raw = _load_raw()
     images = torch.tensor(raw["images"], dtype=torch.float32).unsqueeze(1) / 255.0
     labels = torch.tensor(raw["labels"], dtype=torch.int64)
@@ -346,9 +344,8 @@ def load_full_omniglot(
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a str or path, got {type(root).__name__} {root!r}")
-    for name, value in (("background", background), ("download", download)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    check_bool("background", background)
+    check_bool("download", download)
     root = Path(root)
     folder = _full_folder(root, background)
     if download:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mlhelpers.validation import describe
+from mlhelpers.validation import check_bool, describe
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 """Where :func:`load_movielens` downloads from (about 1 MB, 100,836 ratings of 610 users)."""
@@ -37,8 +37,7 @@ def load_movielens(root: str | os.PathLike, download: bool = False) -> dict[str,
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path (str or os.PathLike), got {describe(root)}")
-    if not isinstance(download, bool):
-        raise TypeError(f"download must be a bool, got {describe(download)}")
+    check_bool("download", download)
     folder = Path(root) / "ml-latest-small"
     ratings_file, movies_file = folder / "ratings.csv", folder / "movies.csv"
     if not (ratings_file.exists() and movies_file.exists()):

@@ -29,7 +29,7 @@ from mlhelpers.sequences import (
 )
 from mlhelpers.config import module_device
 from mlhelpers.tasks import Task, check_task
-from mlhelpers.validation import check_positive_int, check_tensor, describe
+from mlhelpers.validation import check_number, check_positive_int, check_tensor, describe
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +107,7 @@ class CausalTransformer(nn.Module):
         check_positive_int("n_heads", n_heads)
         d_ff = 4 * d_model if d_ff is None else check_positive_int("d_ff", d_ff)
         self.max_len = check_positive_int("max_len", max_len)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if check_number("dropout", dropout, minimum=0.0) >= 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.position = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.position.weight, std=0.02)

@@ -62,7 +62,7 @@ from mlhelpers.learners.functional import (
 )
 from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive, check_steps
+from mlhelpers.validation import check_bool, check_positive, check_positive_int, check_steps
 
 
 class GradientLearner(MetaLearner):
@@ -91,9 +91,7 @@ class GradientLearner(MetaLearner):
         self.model = model
         self.inner_steps = check_steps("inner_steps", inner_steps)
         self.eval_inner_steps = None if eval_inner_steps is None else check_steps("eval_inner_steps", eval_inner_steps)
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {type(first_order).__name__} {first_order!r}")
-        self.first_order = first_order
+        self.first_order = check_bool("first_order", first_order)
         self.strategy = check_strategy(strategy)
 
     # --- what subclasses choose ---------------------------------------------------------------
@@ -310,7 +308,7 @@ class ANIL(GradientLearner):
             )
         super().__init__(model, inner_steps=inner_steps, first_order=first_order,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
-        if isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= len(model):
+        if check_positive_int("head", head) > len(model):
             raise ValueError(f"head must be an int between 1 and len(model)={len(model)}, got {head!r}")
         self.head = head
         self.inner_lr = check_positive("inner_lr", inner_lr)

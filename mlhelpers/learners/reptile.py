@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from mlhelpers.learners.base import task_loss
 from mlhelpers.learners.maml import GradientLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive
+from mlhelpers.validation import check_bool, check_positive
 
 
 class Reptile(GradientLearner):
@@ -55,9 +55,7 @@ class Reptile(GradientLearner):
         super().__init__(model, inner_steps=inner_steps, first_order=True,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
         self.inner_lr = check_positive("inner_lr", inner_lr)
-        if not isinstance(use_query, bool):
-            raise TypeError(f"use_query must be a bool, got {type(use_query).__name__} {use_query!r}")
-        self.use_query = use_query
+        self.use_query = check_bool("use_query", use_query)
 
     def batch_meta_loss(self, task: Task) -> Tensor:
         """Surrogate: value = query loss after adaptation, gradient = ``theta - mean_i phi_i``."""
