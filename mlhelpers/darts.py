@@ -1,26 +1,12 @@
 """Differentiable architecture search (DARTS, Liu et al. 2019), small enough for a CPU. Chapter 6.
 
-DARTS is another bilevel problem (Chapter 2): the *architecture* weights ``alpha`` are the outer
-variables, the network weights ``w`` the inner ones,
-
-    min_alpha  L_val(w*(alpha), alpha)   subject to   w*(alpha) = argmin_w L_train(w, alpha).
-
-Every edge of a cell computes a *mixed operation*, a softmax(alpha)-weighted sum of candidate
-operations, so the choice of operation becomes continuous. As MAML approximates ``w*`` by a few
-gradient steps, DARTS approximates it by one: ``w' = w - xi * grad_w L_train(w, alpha)``.
-With ``xi = 0`` (first-order DARTS) the architecture gradient ignores how ``w`` would respond.
-
-- :class:`MixedOp`: one edge, ``[batch, C, H, W] -> [batch, C, H, W]``.
-- :class:`Cell`: ``nodes`` intermediate nodes; node ``j`` sums a mixed operation from the cell
-  input and from every earlier node; the cell outputs the mean of its nodes.
-- :class:`SearchNetwork`: stem, cells (pooling between them), linear head; ``forward(x, alphas)``
-  takes the architecture weights as an argument, so ``torch.func.functional_call`` can swap
-  ``w`` while ``alphas`` stays an ordinary tensor.
-- :func:`architecture_gradient`: ``d L_val(w', alpha) / d alpha``, exact (second-order terms by
-  autograd, where the paper uses a finite-difference approximation).
-- :func:`derive_architecture`: the strongest non-zero operation of every edge.
-- :class:`FixedNetwork`: the same layout with one operation per edge, to retrain a derived (or
-  :func:`random_architecture`) architecture from scratch.
+Another bilevel problem (Chapter 2): architecture weights ``alpha`` outside, network weights ``w``
+inside, ``w*(alpha)`` approximated by one step ``w' = w - xi * grad_w L_train(w, alpha)``
+(``xi = 0``: first-order DARTS). Each edge is a :class:`MixedOp`, a softmax(alpha)-weighted sum of
+candidate operations; a :class:`Cell` sums edges into nodes; :class:`SearchNetwork` takes
+``alphas`` as an argument of ``forward``. :func:`architecture_gradient` is exact (autograd, where
+the paper uses finite differences); :func:`derive_architecture` keeps the strongest operation of
+each edge and :class:`FixedNetwork` retrains it from scratch.
 """
 
 from __future__ import annotations

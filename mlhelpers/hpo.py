@@ -1,25 +1,19 @@
 """Hyperparameter optimisation of meta-learners with Optuna. Chapter 6.
 
-Tuning a learner's hyperparameters is itself learning from many tasks: a trial trains a learner
-with one setting on the meta-training alphabets and is scored on meta-validation tasks. This
-module turns a learner *configuration* into an Optuna objective that reports validation accuracy
-as training goes, so that a pruner (Hyperband, median) can stop hopeless trials early::
+:func:`learner_objective` turns a learner configuration into an Optuna objective: a trial trains
+on the meta-training tasks and reports validation accuracy as it goes, so a pruner can stop it
+early; every trial sees the same tasks (the samplers are rewound), so trials differ by their
+settings, not their luck. :func:`open_study` keeps a study in a journal file that processes share
+and later runs resume; :func:`warm_start` enqueues the best settings of earlier studies::
 
     def build(trial):
-        model = conv4(out_features=5, norm="task")
-        learner = MAML(model, inner_lr=trial.suggest_float("inner_lr", 0.01, 1.0, log=True))
+        learner = MAML(conv4(out_features=5, norm="task"),
+                       inner_lr=trial.suggest_float("inner_lr", 0.01, 1.0, log=True))
         return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), meta_batch_size=4)
 
     objective = learner_objective(build, train_sampler, val_sampler, steps=600, report_every=100)
-    study = open_study("maml", "studies/maml.log", sampler=optuna.samplers.TPESampler(seed=0),
-                       pruner=optuna.pruners.HyperbandPruner(min_resource=100, max_resource=600))
+    study = open_study("maml", "studies/maml.log", sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective, n_trials=30)
-
-Every trial sees the same training tasks and is validated on the same episodes (the samplers are
-rewound to their state at :func:`learner_objective` time), so trials differ by their settings,
-not by their luck. :func:`open_study` keeps the study in a journal file that several processes
-can share and that a later run resumes from; :func:`warm_start` enqueues the best settings of
-earlier studies (meta-learning across studies).
 """
 
 from __future__ import annotations

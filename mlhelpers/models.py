@@ -1,9 +1,4 @@
-"""Backbones built from options: the standard 4-block conv net and an MLP.
-
-Chapter 1 introduces both.
-
-Any ``nn.Module`` works with the learners; these are the ones the chapters use.
-"""
+"""Backbones the chapters use (Chapter 1): the standard 4-block conv net and an MLP. Any ``nn.Module`` works with the learners."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Figures the chapters reuse: an episode as an image grid, learning curves, 1-D regression tasks.
+"""Figures the chapters reuse: an episode as an image grid, learning curves, 1-D regression tasks. Chapter 1.
 
-Chapter 1 introduces them.
-
-Every function returns its Figure or Axes and never calls ``plt.show()``; notebooks display the
-returned figure. Grayscale images are drawn with the ``"gray_r"`` colormap: high values (ink) are dark, as on paper.
+Every function returns its Figure or Axes and never calls ``plt.show()``. Grayscale images use the
+``"gray_r"`` colormap: ink (high values) is dark, as on paper.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
-"""One task type for every chapter: regression, few-shot classification and sequences.
-
-Chapter 1 defines a task by its support and query sets.
-
-A :class:`Task` always holds a *batch* of tasks, so that learners can ``vmap`` or loop over the
-leading dimension::
+"""One task type for every chapter (Chapter 1): a :class:`Task` holds a *batch* of support and query sets::
 
     support_x  [tasks, n_support, *x_shape]     e.g. [tasks, n_way * k_shot, 1, 28, 28]
     support_y  [tasks, n_support, *y_shape]     e.g. [tasks, n_way * k_shot] (int64 labels 0..n_way-1)
     query_x    [tasks, n_query, *x_shape]
     query_y    [tasks, n_query, *y_shape]
 
-``info`` carries per-task metadata whose first dimension is also ``tasks`` (the sinusoid's
-amplitude, the classes an episode drew, ...). It is moved between devices with the rest.
-
-:func:`check_task` is what every learner's ``forward`` and ``meta_loss`` run first.
+``info`` holds per-task metadata, also ``[tasks, ...]`` (a sinusoid's amplitude, an episode's
+classes), moved between devices with the rest. Every learner runs :func:`check_task` first.
 """
 
 from __future__ import annotations
