@@ -313,7 +313,5 @@ class InContextLearner(MetaLearner):
         query = outputs[:, :, -1]
         if not self.loss_on_all_positions:
             return task_loss(query, task.query_y)
-        if self.paired:
-            raise ValueError("loss_on_all_positions needs layout='interleaved': a paired token holds its own label")
         prefix = outputs[:, 0, x_positions(task.n_support).to(outputs.device)]  # [T, k, out]
         return task_loss(torch.cat([prefix, query], dim=1), torch.cat([task.support_y, task.query_y], dim=1))
