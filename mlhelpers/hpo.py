@@ -62,17 +62,11 @@ def learner_objective(
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective: build a learner from the trial, meta-train it, return validation accuracy.
 
-    Args:
-        build: ``trial -> TrialSetup``; it calls ``trial.suggest_*`` for the hyperparameters.
-        train_sampler, val_sampler: task samplers of the meta-training and meta-validation splits.
-        steps: meta-training steps of a trial that is not pruned (the pruner's max resource).
-        report_every: validate and ``trial.report(value, step)`` every this many steps; after each
-            report a trial the pruner rejects raises ``optuna.TrialPruned``.
-        val_episodes: validation episodes per report (the same episodes for every report and trial).
-        seed: the model initialisation of every trial is seeded with ``seed`` (fair comparison).
-
-    A trial whose loss becomes NaN or infinite (a learning rate too large) is pruned, with the step
-    recorded in its user attribute ``"diverged_at"``.
+    ``build(trial)`` returns a :class:`TrialSetup` (it calls ``trial.suggest_*``). A trial trains for
+    ``steps`` steps on ``train_sampler`` and every ``report_every`` steps reports the accuracy on the
+    same ``val_episodes`` episodes of ``val_sampler`` (a trial the pruner rejects raises
+    ``optuna.TrialPruned``). ``seed`` seeds every trial's initialisation. A trial whose loss diverges
+    is pruned, with the step in its user attribute ``"diverged_at"``.
     """
     if not callable(build):
         raise TypeError(f"build must be a callable trial -> TrialSetup, got {type(build).__name__}")

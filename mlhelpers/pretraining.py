@@ -56,23 +56,13 @@ def pretrain_classifier(
 ) -> nn.Module:
     """Train ``backbone`` plus a linear head as an ordinary classifier over all classes of ``split``.
 
-    Each step draws ``batch_size`` random examples of the split (with replacement) and minimises
-    the cross-entropy with Adam (``lr``), through :func:`~mlhelpers.training.meta_train`. With
-    ``rotations`` each example is also turned by a random multiple of 90 degrees and every (class,
-    quarter turns) pair is its own class, the convention of :class:`~mlhelpers.episodes.EpisodicSampler`
-    ``(rotations=True)``: 130 Omniglot training characters give 520 classes.
-
-    Args:
-        backbone: maps ``[batch, C, H, W]`` to features (flattened to ``[batch, D]``).
-        dataset, split: where the training classes come from (None: all classes).
-        steps, batch_size, lr: optimizer steps, examples per step, Adam learning rate.
-        seed: seeds the example draws and the head's initialisation (None: fresh entropy).
-        device: where to train (None: the backbone's device); the backbone is moved there.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        the trained ``backbone`` (the same module, trained in place, in its previous train/eval
-        mode); the head is thrown away.
+    Each step draws ``batch_size`` random examples of the split and minimises the cross-entropy with
+    Adam (``lr``) through :func:`~mlhelpers.training.meta_train`. With ``rotations`` every (class,
+    quarter turns) pair is its own class, as in :class:`~mlhelpers.samplers.episodic.EpisodicSampler`
+    ``(rotations=True)``. ``backbone`` maps ``[batch, C, H, W]`` to features (flattened to
+    ``[batch, D]``); ``split`` None means all classes; ``seed`` seeds the example draws and the head;
+    ``device`` None trains on the backbone's device. Returns ``backbone``, trained in place, in its
+    previous train/eval mode; the head is thrown away.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)

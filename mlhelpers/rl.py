@@ -198,11 +198,9 @@ def adapt_policy(
     meta-gradient); without, each step starts from detached parameters. Returns ``steps + 1``
     dicts ``name -> [tasks, *shape]``.
 
-    Every step is one step of :func:`~mlhelpers.learners.functional.sgd_steps`, the inner loop of
-    the gradient learners, on a loss that samples its own trajectories first: REINFORCE's inner
-    loss needs fresh rollouts of the current policy, not a fixed :class:`~mlhelpers.tasks.Task`,
-    so the loop is over steps here (one rollout each) and RL does not go through ``MetaLearner``.
-    The per-task losses are summed: task ``t``'s parameters get the gradient of its own loss.
+    Each is one :func:`~mlhelpers.learners.functional.sgd_steps` step on a loss that samples fresh
+    rollouts first (REINFORCE needs them, so RL does not go through ``MetaLearner``). The per-task
+    losses are summed: task ``t``'s parameters get the gradient of its own loss.
     """
     check_positive("inner_lr", inner_lr)
     check_steps("steps", steps)

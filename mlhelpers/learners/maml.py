@@ -188,9 +188,6 @@ class MAML(GradientLearner):
             query-loss gradient at the adapted weights, applied to the initial weights.
         eval_inner_steps: inner steps in eval mode (None: ``inner_steps``).
         strategy: ``"loop"``, ``"threads"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
-
-    ``meta_loss(task)`` is the query loss after adaptation; its gradient is the MAML
-    meta-gradient (Chapter 2 derives it, Chapter 3 builds it).
     """
 
     def __init__(
@@ -259,10 +256,9 @@ class ANIL(GradientLearner):
             ``conv4(out_features=...)`` that is the final ``nn.Linear``).
         inner_lr, inner_steps, first_order, eval_inner_steps, strategy: as in :class:`MAML`.
 
-    The body's features of each task's support set are computed once per ``adapt`` (they do not
-    change during the inner loop, so every inner step runs only the head); the query features
-    once per ``predict``. The fast weights hold the head's parameters only. The body still gets
-    a meta-gradient, through the features (and, second order, through the inner gradients).
+    The body's features are computed once per ``adapt`` and ``predict``, so inner steps run only
+    the head; the fast weights hold the head's parameters. The body gets a meta-gradient through
+    the features.
     """
 
     def __init__(
