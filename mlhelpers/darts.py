@@ -94,14 +94,20 @@ class Cell(nn.Module):
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         if weights.shape[0] != self.num_edges:
             raise ValueError(f"weights must have {self.num_edges} rows (one per edge), got {tuple(weights.shape)}")
-        states, edge = [x], 0
-        for j in range(self.nodes):
-            node = 0
-            for i in range(j + 1):
-                node = node + self.edges[edge](states[i], weights[edge])
-                edge += 1
-            states.append(node)
-        return torch.stack(states[1:]).mean(dim=0)
+        return _wire(x, self.nodes, lambda edge, h: self.edges[edge](h, weights[edge]))
+
+
+def _wire(x: Tensor, nodes: int, edge: Callable[[int, Tensor], Tensor]) -> Tensor:
+    """The wiring of a cell: node ``j`` sums ``edge(k, state)`` over the cell input and nodes
+    ``0..j-1`` (edges ``k`` numbered node by node); returns the mean of the nodes."""
+    states, k = [x], 0
+    for j in range(nodes):
+        node = 0
+        for i in range(j + 1):
+            node = node + edge(k, states[i])
+            k += 1
+        states.append(node)
+    return torch.stack(states[1:]).mean(dim=0)
 
 
 def _stem(in_channels: int, hidden_channels: int) -> nn.Module:
@@ -203,14 +209,7 @@ class FixedCell(nn.Module):
         self.edges = nn.ModuleList(OPERATIONS[name](check_positive_int("channels", channels)) for name in architecture)
 
     def forward(self, x: Tensor) -> Tensor:
-        states, edge = [x], 0
-        for j in range(self.nodes):
-            node = 0
-            for i in range(j + 1):
-                node = node + self.edges[edge](states[i])
-                edge += 1
-            states.append(node)
-        return torch.stack(states[1:]).mean(dim=0)
+        return _wire(x, self.nodes, lambda edge, h: self.edges[edge](h))
 
 
 class FixedNetwork(nn.Module):

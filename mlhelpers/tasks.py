@@ -12,7 +12,7 @@ classes), moved between devices with the rest. Every learner runs :func:`check_t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -56,16 +56,9 @@ class Task:
                     f"Task.{name} holds {value.shape[0]} tasks but support_x holds {n}: "
                     "every field needs the same leading [tasks] dimension"
                 )
-        if self.support_x.shape[1] != self.support_y.shape[1]:
-            raise ValueError(
-                f"support_x has {self.support_x.shape[1]} examples per task but support_y has "
-                f"{self.support_y.shape[1]}"
-            )
-        if self.query_x.shape[1] != self.query_y.shape[1]:
-            raise ValueError(
-                f"query_x has {self.query_x.shape[1]} examples per task but query_y has "
-                f"{self.query_y.shape[1]}"
-            )
+        for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+            if parts[x].shape[1] != parts[y].shape[1]:
+                raise ValueError(f"{x} has {parts[x].shape[1]} examples per task but {y} has {parts[y].shape[1]}")
         if self.support_x.shape[1] < 1:
             raise ValueError(
                 f"Task.support_x must hold at least one example per task, got an empty support set "
@@ -95,15 +88,14 @@ class Task:
     def n_query(self) -> int:
         return self.query_x.shape[1]
 
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Task":
+        """The batch with ``fn`` applied to each of its tensors (the four sets and ``info``)."""
+        return Task(fn(self.support_x), fn(self.support_y), fn(self.query_x), fn(self.query_y),
+                    {k: fn(v) for k, v in self.info.items()})
+
     def to(self, device: torch.device | str) -> "Task":
         """A copy of the batch on ``device`` (no copy if it is already there)."""
-        return Task(
-            self.support_x.to(device),
-            self.support_y.to(device),
-            self.query_x.to(device),
-            self.query_y.to(device),
-            {k: v.to(device) for k, v in self.info.items()},
-        )
+        return self._apply(lambda t: t.to(device))
 
     def __getitem__(self, index: int | slice | Tensor) -> "Task":
         """The sub-batch ``index`` (an int keeps the leading dimension, with size 1)."""
@@ -111,13 +103,7 @@ class Task:
             if not -len(self) <= index < len(self):
                 raise IndexError(f"task index {index} out of range for a batch of {len(self)}")
             index = slice(index, index + 1 if index != -1 else None)
-        return Task(
-            self.support_x[index],
-            self.support_y[index],
-            self.query_x[index],
-            self.query_y[index],
-            {k: v[index] for k, v in self.info.items()},
-        )
+        return self._apply(lambda t: t[index])
 
     def unbind(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Iterate over single tasks as ``(support_x, support_y, query_x, query_y)`` without the batch dim."""
