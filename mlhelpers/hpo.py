@@ -113,11 +113,9 @@ def open_study(
 ) -> optuna.Study:
     """Create the study ``name`` in the journal file ``path``, or load it if it exists.
 
-    A journal file (an append-only log with file locks) can be shared by several worker processes
-    on one machine or a network file system; every process calling ``open_study`` with the same
-    name and path works on the same study, and a later run resumes it. For a cluster, pass the
-    storage URL of a database server to ``optuna.create_study`` instead, e.g.
-    ``storage="postgresql://user:password@host/db"``.
+    A journal file (append-only, with file locks) can be shared by processes on one machine or a
+    network file system, and a later run resumes the study; for a cluster, pass a database URL as
+    ``storage`` to ``optuna.create_study`` instead.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

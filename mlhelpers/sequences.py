@@ -147,12 +147,10 @@ def prefix_sequence(x_tokens: Tensor, y_tokens: Tensor) -> Tensor:
 
 
 def task_sequences(task: Task, n_way: int | None = None, *, paired: bool = False) -> Tensor:
-    """The query sequences of a task with *vector* inputs.
-
-    ``[tasks * n_query, 2k + 1, W]`` interleaved (:func:`query_sequences`), or
-    ``[tasks * n_query, k + 1, W]`` with ``paired=True`` (:func:`paired_query_sequences`). Raw
-    tokens, before any learned read-in: the object the transformer of Chapter 5 reads. Image tasks
-    are encoded first, inside :class:`~mlhelpers.learners.incontext.InContextLearner`.
+    """The raw query sequences of a task with *vector* inputs, before any learned read-in (Chapter 5):
+    ``[tasks * n_query, 2k + 1, W]`` (:func:`query_sequences`), or ``[tasks * n_query, k + 1, W]``
+    with ``paired=True`` (:func:`paired_query_sequences`). Image tasks are encoded inside
+    :class:`~mlhelpers.learners.incontext.InContextLearner`.
     """
     _check_vectors("task.support_x", task.support_x)
     y_features = 1 if n_way is not None else task.support_y.shape[-1]

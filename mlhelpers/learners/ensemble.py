@@ -13,13 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.data.augment import shifted_copies
-from mlhelpers.data.omniglot import IMAGE_SIZE
+from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.protonet import PrototypeLearner, negative_squared_distances
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_steps, check_tensor
-
-IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
-"""``(channels, height, width)`` of the images :meth:`EnsembleProtoNet.predict_labels` takes."""
-
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_steps, check_tensor
 
 class EnsembleProtoNet(PrototypeLearner):
     """Prototypical Networks averaged over backbones and (optionally) shifted views of each image.
@@ -37,10 +33,8 @@ class EnsembleProtoNet(PrototypeLearner):
         super().__init__()
         if len(backbones) == 0:
             raise ValueError("backbones must hold at least one module")
-        if not isinstance(tta_shift, int) or tta_shift < 0:
-            raise ValueError(f"tta_shift must be an int >= 0, got {tta_shift!r}")
         self.backbones = nn.ModuleList(backbones)
-        self.tta_shift = tta_shift
+        self.tta_shift = check_steps("tta_shift", tta_shift)
         self.transductive_steps = check_steps("transductive_steps", transductive_steps)
         self.config: dict = {}  # how a saved learner was trained (set by pretrained.load_file)
 
@@ -132,7 +126,4 @@ def _images(images: Tensor, name: str) -> Tensor:
         return images.float() / 255.0
     if not images.dtype.is_floating_point:
         raise TypeError(f"{name} must be float in [0, 1] or uint8, got dtype {images.dtype}")
-    images = images.float()
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} must be finite")
-    return images
+    return check_finite(name, images.float())
