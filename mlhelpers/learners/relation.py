@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mlhelpers.config import module_device
+from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.learners.protonet import class_prototypes, class_sums
 from mlhelpers.models import Norm, _norm_layer
@@ -122,7 +124,7 @@ class RelationNet(MetaLearner):
         backbone: nn.Module,
         relation_module: nn.Module | None = None,
         *,
-        input_shape: Sequence[int] = (1, 28, 28),
+        input_shape: Sequence[int] = IMAGE_SHAPE,
         class_pooling: Literal["sum", "mean"] = "sum",
         loss: Literal["cross_entropy", "mse"] = "cross_entropy",
         hidden_channels: int = 64,
@@ -143,8 +145,7 @@ class RelationNet(MetaLearner):
 
     def _feature_shape(self, input_shape: Sequence[int]) -> tuple[tuple[int, int, int], torch.device]:
         """``(C, h, w)`` of the backbone's output for one input of ``input_shape``, and its device."""
-        param = next(self.backbone.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        device = module_device(self.backbone, "cpu")
         was_training = self.backbone.training
         self.backbone.eval()
         try:
