@@ -189,13 +189,12 @@ def plot_regression_tasks(
         predictions = {"prediction": predictions}
     for label, p in predictions.items():
         check_tensor(f"predictions[{label!r}]", p)
-    predictions = {label: p.detach().to("cpu") for label, p in predictions.items()}
-    for label, p in predictions.items():
         if p.dim() != 3 or p.shape[1:] != shown.query_y.shape[1:] or p.shape[0] < n:
             raise ValueError(
                 f"predictions[{label!r}] must have shape [tasks, n_query, 1] = [>= {n}, "
                 f"{shown.n_query}, 1], got {tuple(p.shape)}"
             )
+    predictions = {label: p.detach().to("cpu") for label, p in predictions.items()}
 
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)

@@ -14,9 +14,9 @@ import time
 import torch
 from torch import nn
 
-from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.ensemble import EnsembleProtoNet
