@@ -1,27 +1,14 @@
-"""Checkpoints that survive a crash mid-write and refuse to resume a different experiment.
+"""Checkpoints that survive a crash mid-write and refuse to resume a different experiment. Chapter 1.
 
-The meta-training loop of Chapter 1 writes them.
-
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so that it loads with
-``torch.load(..., weights_only=True)`` (no arbitrary code runs when a file is opened).
-:func:`mlhelpers.training.meta_train` writes one holding::
-
-    model        learner.state_dict()
-    optimizer    optimizer.state_dict()
-    step         int, the number of optimizer steps taken
-    history      History.to_dict()
-    samplers     {"train": TaskSampler.state_dict(), "val": ... or None}
-    rng          rng_state(): torch (CPU and CUDA), Python and NumPy generators
-    config       the run configuration, a plain dict
-    seed         int or None
-    version      mlhelpers.__version__
-
-:func:`save_checkpoint` writes atomically: a reader (or a crashed run) sees the old file or the new
-one, never half of one.
+A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) that loads with
+``torch.load(..., weights_only=True)``; :func:`save_checkpoint` writes it atomically (a reader sees
+the old file or the new one). What :func:`mlhelpers.training.meta_train` stores in it is listed in
+its ``_save``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -62,13 +49,9 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically, creating the parent directory if needed.
-
-    The dict is saved to a temporary file in the same directory, flushed and fsync'ed, then moved
-    over ``path`` with ``os.replace``; if anything fails the temporary file is removed and an
-    existing ``path`` is left untouched. ``state`` may hold only tensors, numbers, strings,
-    booleans, None and lists/tuples/dicts of these (a TypeError names the offending entry).
-    A ``"version"`` entry (``mlhelpers.__version__``) is added unless ``state`` has one.
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``), creating the parent
+    directory; on failure an existing ``path`` is left untouched. ``state`` may hold only what
+    ``weights_only`` loads (a TypeError names the offending entry); ``"version"`` is added if missing.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
@@ -83,26 +66,20 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
     _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
     """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def config_differences(saved: Mapping[str, Any], expected: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -1,11 +1,7 @@
-"""Run-time switches shared by every chapter: quick mode and the default device.
+"""Run-time switches shared by every chapter (Chapter 1): quick mode and the default device.
 
-Chapter 1 introduces quick mode.
-
-Quick mode shrinks training budgets (steps, episodes, tasks) so that every notebook runs in a
-couple of minutes in CI, while taking exactly the same code path as a full run. It is switched on
-by the environment variable ``MLHELPERS_QUICK=1`` (the test command sets it) or by
-:func:`set_quick_mode`.
+Quick mode shrinks training budgets so that every notebook runs in a couple of minutes in CI, on
+exactly the code path of a full run: ``MLHELPERS_QUICK=1`` or :func:`set_quick_mode`.
 """
 
 from __future__ import annotations

@@ -1,26 +1,12 @@
 """Differentiable architecture search (DARTS, Liu et al. 2019), small enough for a CPU. Chapter 6.
 
-DARTS is another bilevel problem (Chapter 2): the *architecture* weights ``alpha`` are the outer
-variables, the network weights ``w`` the inner ones,
-
-    min_alpha  L_val(w*(alpha), alpha)   subject to   w*(alpha) = argmin_w L_train(w, alpha).
-
-Every edge of a cell computes a *mixed operation*, a softmax(alpha)-weighted sum of candidate
-operations, so the choice of operation becomes continuous. As MAML approximates ``w*`` by a few
-gradient steps, DARTS approximates it by one: ``w' = w - xi * grad_w L_train(w, alpha)``.
-With ``xi = 0`` (first-order DARTS) the architecture gradient ignores how ``w`` would respond.
-
-- :class:`MixedOp`: one edge, ``[batch, C, H, W] -> [batch, C, H, W]``.
-- :class:`Cell`: ``nodes`` intermediate nodes; node ``j`` sums a mixed operation from the cell
-  input and from every earlier node; the cell outputs the mean of its nodes.
-- :class:`SearchNetwork`: stem, cells (pooling between them), linear head; ``forward(x, alphas)``
-  takes the architecture weights as an argument, so ``torch.func.functional_call`` can swap
-  ``w`` while ``alphas`` stays an ordinary tensor.
-- :func:`architecture_gradient`: ``d L_val(w', alpha) / d alpha``, exact (second-order terms by
-  autograd, where the paper uses a finite-difference approximation).
-- :func:`derive_architecture`: the strongest non-zero operation of every edge.
-- :class:`FixedNetwork`: the same layout with one operation per edge, to retrain a derived (or
-  :func:`random_architecture`) architecture from scratch.
+Another bilevel problem (Chapter 2): architecture weights ``alpha`` outside, network weights ``w``
+inside, ``w*(alpha)`` approximated by one step ``w' = w - xi * grad_w L_train(w, alpha)``
+(``xi = 0``: first-order DARTS). Each edge is a :class:`MixedOp`, a softmax(alpha)-weighted sum of
+candidate operations; a :class:`Cell` sums edges into nodes; :class:`SearchNetwork` takes
+``alphas`` as an argument of ``forward``. :func:`architecture_gradient` is exact (autograd, where
+the paper uses finite differences); :func:`derive_architecture` keeps the strongest operation of
+each edge and :class:`FixedNetwork` retrains it from scratch.
 """
 
 from __future__ import annotations
@@ -108,14 +94,20 @@ class Cell(nn.Module):
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         if weights.shape[0] != self.num_edges:
             raise ValueError(f"weights must have {self.num_edges} rows (one per edge), got {tuple(weights.shape)}")
-        states, edge = [x], 0
-        for j in range(self.nodes):
-            node = 0
-            for i in range(j + 1):
-                node = node + self.edges[edge](states[i], weights[edge])
-                edge += 1
-            states.append(node)
-        return torch.stack(states[1:]).mean(dim=0)
+        return _wire(x, self.nodes, lambda edge, h: self.edges[edge](h, weights[edge]))
+
+
+def _wire(x: Tensor, nodes: int, edge: Callable[[int, Tensor], Tensor]) -> Tensor:
+    """The wiring of a cell: node ``j`` sums ``edge(k, state)`` over the cell input and nodes
+    ``0..j-1`` (edges ``k`` numbered node by node); returns the mean of the nodes."""
+    states, k = [x], 0
+    for j in range(nodes):
+        node = 0
+        for i in range(j + 1):
+            node = node + edge(k, states[i])
+            k += 1
+        states.append(node)
+    return torch.stack(states[1:]).mean(dim=0)
 
 
 def _stem(in_channels: int, hidden_channels: int) -> nn.Module:
@@ -217,14 +209,7 @@ class FixedCell(nn.Module):
         self.edges = nn.ModuleList(OPERATIONS[name](check_positive_int("channels", channels)) for name in architecture)
 
     def forward(self, x: Tensor) -> Tensor:
-        states, edge = [x], 0
-        for j in range(self.nodes):
-            node = 0
-            for i in range(j + 1):
-                node = node + self.edges[edge](states[i])
-                edge += 1
-            states.append(node)
-        return torch.stack(states[1:]).mean(dim=0)
+        return _wire(x, self.nodes, lambda edge, h: self.edges[edge](h))
 
 
 class FixedNetwork(nn.Module):

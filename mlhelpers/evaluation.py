@@ -1,13 +1,9 @@
-"""Evaluating a meta-learner the way few-shot papers report it: mean over episodes ± 95% CI.
+"""Evaluating a meta-learner the way few-shot papers report it: mean over episodes ± 95% CI. Chapter 1.
 
-Chapter 1 introduces this protocol.
-
-:func:`evaluate` adapts the learner on each episode's support set, scores its query predictions
-with :func:`~mlhelpers.learners.base.task_metric` (accuracy or MSE) and summarises the per-episode
-values with :func:`mean_confidence_interval`::
-
-    result = evaluate(learner, test_sampler, num_episodes=600)
-    print(result)            # 97.31% ± 0.42% (600 episodes)
+:func:`evaluate` adapts on each episode's support set, scores the queries with
+:func:`~mlhelpers.learners.base.task_metric` (accuracy or MSE) and summarises with
+:func:`mean_confidence_interval`: ``print(evaluate(learner, test_sampler, num_episodes=600))``
+shows ``97.31% ± 0.42% (600 episodes)``.
 """
 
 from __future__ import annotations

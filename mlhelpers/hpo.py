@@ -1,25 +1,19 @@
 """Hyperparameter optimisation of meta-learners with Optuna. Chapter 6.
 
-Tuning a learner's hyperparameters is itself learning from many tasks: a trial trains a learner
-with one setting on the meta-training alphabets and is scored on meta-validation tasks. This
-module turns a learner *configuration* into an Optuna objective that reports validation accuracy
-as training goes, so that a pruner (Hyperband, median) can stop hopeless trials early::
+:func:`learner_objective` turns a learner configuration into an Optuna objective: a trial trains
+on the meta-training tasks and reports validation accuracy as it goes, so a pruner can stop it
+early; every trial sees the same tasks (the samplers are rewound), so trials differ by their
+settings, not their luck. :func:`open_study` keeps a study in a journal file that processes share
+and later runs resume; :func:`warm_start` enqueues the best settings of earlier studies::
 
     def build(trial):
-        model = conv4(out_features=5, norm="task")
-        learner = MAML(model, inner_lr=trial.suggest_float("inner_lr", 0.01, 1.0, log=True))
+        learner = MAML(conv4(out_features=5, norm="task"),
+                       inner_lr=trial.suggest_float("inner_lr", 0.01, 1.0, log=True))
         return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), meta_batch_size=4)
 
     objective = learner_objective(build, train_sampler, val_sampler, steps=600, report_every=100)
-    study = open_study("maml", "studies/maml.log", sampler=optuna.samplers.TPESampler(seed=0),
-                       pruner=optuna.pruners.HyperbandPruner(min_resource=100, max_resource=600))
+    study = open_study("maml", "studies/maml.log", sampler=optuna.samplers.TPESampler(seed=0))
     study.optimize(objective, n_trials=30)
-
-Every trial sees the same training tasks and is validated on the same episodes (the samplers are
-rewound to their state at :func:`learner_objective` time), so trials differ by their settings,
-not by their luck. :func:`open_study` keeps the study in a journal file that several processes
-can share and that a later run resumes from; :func:`warm_start` enqueues the best settings of
-earlier studies (meta-learning across studies).
 """
 
 from __future__ import annotations
@@ -68,17 +62,11 @@ def learner_objective(
 ) -> Callable[[optuna.Trial], float]:
     """An Optuna objective: build a learner from the trial, meta-train it, return validation accuracy.
 
-    Args:
-        build: ``trial -> TrialSetup``; it calls ``trial.suggest_*`` for the hyperparameters.
-        train_sampler, val_sampler: task samplers of the meta-training and meta-validation splits.
-        steps: meta-training steps of a trial that is not pruned (the pruner's max resource).
-        report_every: validate and ``trial.report(value, step)`` every this many steps; after each
-            report a trial the pruner rejects raises ``optuna.TrialPruned``.
-        val_episodes: validation episodes per report (the same episodes for every report and trial).
-        seed: the model initialisation of every trial is seeded with ``seed`` (fair comparison).
-
-    A trial whose loss becomes NaN or infinite (a learning rate too large) is pruned, with the step
-    recorded in its user attribute ``"diverged_at"``.
+    ``build(trial)`` returns a :class:`TrialSetup` (it calls ``trial.suggest_*``). A trial trains for
+    ``steps`` steps on ``train_sampler`` and every ``report_every`` steps reports the accuracy on the
+    same ``val_episodes`` episodes of ``val_sampler`` (a trial the pruner rejects raises
+    ``optuna.TrialPruned``). ``seed`` seeds every trial's initialisation. A trial whose loss diverges
+    is pruned, with the step in its user attribute ``"diverged_at"``.
     """
     if not callable(build):
         raise TypeError(f"build must be a callable trial -> TrialSetup, got {type(build).__name__}")
@@ -125,11 +113,9 @@ def open_study(
 ) -> optuna.Study:
     """Create the study ``name`` in the journal file ``path``, or load it if it exists.
 
-    A journal file (an append-only log with file locks) can be shared by several worker processes
-    on one machine or a network file system; every process calling ``open_study`` with the same
-    name and path works on the same study, and a later run resumes it. For a cluster, pass the
-    storage URL of a database server to ``optuna.create_study`` instead, e.g.
-    ``storage="postgresql://user:password@host/db"``.
+    A journal file (append-only, with file locks) can be shared by processes on one machine or a
+    network file system, and a later run resumes the study; for a cluster, pass a database URL as
+    ``storage`` to ``optuna.create_study`` instead.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -1,9 +1,4 @@
-"""Backbones built from options: the standard 4-block conv net and an MLP.
-
-Chapter 1 introduces both.
-
-Any ``nn.Module`` works with the learners; these are the ones the chapters use.
-"""
+"""Backbones the chapters use (Chapter 1): the standard 4-block conv net and an MLP. Any ``nn.Module`` works with the learners."""
 
 from __future__ import annotations
 
@@ -50,10 +45,9 @@ def conv4(
 ) -> nn.Sequential:
     """The standard few-shot backbone (Vinyals et al. 2016; Snell et al. 2017; Finn et al. 2017).
 
-    ``num_blocks`` conv blocks of ``hidden_channels`` filters, then a flatten. For 28x28 Omniglot
-    inputs the four blocks give ``[batch, 1, 28, 28] -> [batch, 64]`` features. With
-    ``out_features`` a linear head follows (``[batch, out_features]``), as MAML uses; ``image_size`` (height = width of the input) sets
-    its input width.
+    ``num_blocks`` conv blocks of ``hidden_channels`` filters, then a flatten: ``[batch, 1, 28, 28]
+    -> [batch, 64]`` for Omniglot. With ``out_features`` a linear head follows, as MAML uses
+    (``image_size``, the input's side, sets its input width).
 
     ``norm``: ``"batch"`` (ordinary BatchNorm with running statistics), ``"task"`` (batch
     statistics always, no running statistics, as in the original MAML) or ``"none"``.

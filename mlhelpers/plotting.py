@@ -1,9 +1,7 @@
-"""Figures the chapters reuse: an episode as an image grid, learning curves, 1-D regression tasks.
+"""Figures the chapters reuse: an episode as an image grid, learning curves, 1-D regression tasks. Chapter 1.
 
-Chapter 1 introduces them.
-
-Every function returns its Figure or Axes and never calls ``plt.show()``; notebooks display the
-returned figure. Grayscale images are drawn with the ``"gray_r"`` colormap: high values (ink) are dark, as on paper.
+Every function returns its Figure or Axes and never calls ``plt.show()``. Grayscale images use the
+``"gray_r"`` colormap: ink (high values) is dark, as on paper.
 """
 
 from __future__ import annotations
@@ -18,16 +16,15 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int, check_tensor, describe
+from mlhelpers.tasks import Task, check_task
+from mlhelpers.validation import check_positive_int, check_tensor
 
 GRAY_CMAP = "gray_r"
 _PREDICTION_COLORS = ["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 
 
 def _check_index(task: Task, index: int) -> int:
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    check_task(task)
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"index must be an int, got {type(index).__name__}")
     if not -len(task) <= index < len(task):
@@ -178,8 +175,7 @@ def plot_regression_tasks(
     ``learner(task)`` returns), or a dict ``{label: outputs}`` to compare models.
     """
     check_positive_int("n", n)
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a mlhelpers.tasks.Task, got {describe(task)}")
+    check_task(task)
     if task.support_x.dim() != 3 or task.support_x.shape[-1] != 1 or task.support_y.shape[-1:] != (1,):
         raise ValueError(
             "plot_regression_tasks needs 1-D regression tasks with support_x and support_y "
@@ -193,13 +189,12 @@ def plot_regression_tasks(
         predictions = {"prediction": predictions}
     for label, p in predictions.items():
         check_tensor(f"predictions[{label!r}]", p)
-    predictions = {label: p.detach().to("cpu") for label, p in predictions.items()}
-    for label, p in predictions.items():
         if p.dim() != 3 or p.shape[1:] != shown.query_y.shape[1:] or p.shape[0] < n:
             raise ValueError(
                 f"predictions[{label!r}] must have shape [tasks, n_query, 1] = [>= {n}, "
                 f"{shown.n_query}, 1], got {tuple(p.shape)}"
             )
+    predictions = {label: p.detach().to("cpu") for label, p in predictions.items()}
 
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)

@@ -6,45 +6,12 @@
     learner = pretrained.load("protonet-omniglot")
     labels = learner.predict_labels(support_images, support_labels, query_images)
 
-``"protonet-omniglot"`` is an ensemble of 3 Prototypical Networks (conv4 backbones, 64 channels)
-meta-trained on the 130 meta-training characters of the shipped Omniglot
-(:func:`mlhelpers.data.omniglot.load_omniglot`) for 4,000 steps of 60-way 1-shot episodes with
-rotations as new classes and random affine distortions (:mod:`mlhelpers.data.augment`; rotation up
-to 15 degrees, scale 0.85-1.15, shift up to 10%, shear up to 0.2), the learning rate decayed along
-a half cosine; embeddings are averaged over 1-pixel shifts at test time. Among the variants
-Chapter 4 compares it is the best on within-alphabet 20-way 1-shot tasks of the meta-validation
-alphabets (90.4% +- 0.5%). The weights (16-bit floats, under 1 MB) were produced from the shipped
-data by (about 20 CPU-minutes; the three members can run in parallel; rerunning these commands
-reproduced the members bit for bit on one CPU thread)::
-
-    for i in 0 1 2; do
-        OMP_NUM_THREADS=1 python scripts/train_pretrained.py --members 1 --first-member $i --steps 4000 \\
-            --augment --max-rotate 15 --max-scale 0.15 --max-shift 0.1 --max-shear 0.2 --schedule cosine \\
-            --out member$i.pt
-    done
-    python scripts/train_pretrained.py --combine member0.pt member1.pt member2.pt --tta-shift 1 --test \\
-        --out mlhelpers/assets/protonet_omniglot.pt
-
-Accuracy on the meta-test alphabets (Balinese, Sanskrit), 600 episodes, mean +- 95% CI:
-
-- 5-way 1-shot: 92.1% +- 0.7%;
-- within-alphabet 20-way 1-shot (Lake et al.): 65.1% +- 1.3%, an error of 35%.
-
-The meta-test alphabets are much harder for it than the meta-validation ones; Chapter 4 discusses why.
-
-``load(transductive_steps=5)`` refines the prototypes with each task's unlabelled query images
-(soft k-means, Ren et al. 2018; 5 steps chosen on the meta-validation alphabets in Chapter 4,
-section 4.7). On Chapter 4's meta-test episodes with 15 queries per class, 5-way 1-shot goes from
-91.3% +- 0.7% to 96.0% +- 0.6%. That learner is transductive: each prediction depends on the other
-queries of its task, so it helps with a batch of queries of every class and not with one image.
-
-``"protonet-omniglot-plain"`` is one network trained for 2,000 steps with the recipe of Chapter 4's
-section 4.2 (no augmentation, step decay, no test-time averaging): Chapter 4's reference for what
-the other levers add, and Chapter 7's network for the distribution-shift experiments.
-
-The learner is :class:`mlhelpers.learners.EnsembleProtoNet`; the recipe that trained it is
-:mod:`mlhelpers.recipe` (run by ``scripts/train_pretrained.py``). Loading imports neither the
-recipe nor the training loop.
+:data:`PRETRAINED` says what each learner is, how it scores and the command that trained it (on
+one CPU thread, rerunning it reproduces the weights bit for bit); Chapter 4 compares the variants
+and measures them. ``load(transductive_steps=5)`` refines the prototypes with each task's
+unlabelled queries (soft k-means, Ren et al. 2018): each prediction then depends on the other
+queries of its task. The learner is :class:`mlhelpers.learners.EnsembleProtoNet`; the recipe is
+:mod:`mlhelpers.recipe`. Loading imports neither the recipe nor the training loop.
 """
 from __future__ import annotations
 

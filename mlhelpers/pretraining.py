@@ -56,29 +56,18 @@ def pretrain_classifier(
 ) -> nn.Module:
     """Train ``backbone`` plus a linear head as an ordinary classifier over all classes of ``split``.
 
-    Each step draws ``batch_size`` random examples of the split (with replacement) and minimises
-    the cross-entropy with Adam (``lr``), through :func:`~mlhelpers.training.meta_train`. With
-    ``rotations`` each example is also turned by a random multiple of 90 degrees and every (class,
-    quarter turns) pair is its own class, the convention of :class:`~mlhelpers.episodes.EpisodicSampler`
-    ``(rotations=True)``: 130 Omniglot training characters give 520 classes.
-
-    Args:
-        backbone: maps ``[batch, C, H, W]`` to features (flattened to ``[batch, D]``).
-        dataset, split: where the training classes come from (None: all classes).
-        steps, batch_size, lr: optimizer steps, examples per step, Adam learning rate.
-        seed: seeds the example draws and the head's initialisation (None: fresh entropy).
-        device: where to train (None: the backbone's device); the backbone is moved there.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        the trained ``backbone`` (the same module, trained in place, in its previous train/eval
-        mode); the head is thrown away.
+    Each step draws ``batch_size`` random examples of the split and minimises the cross-entropy with
+    Adam (``lr``) through :func:`~mlhelpers.training.meta_train`. With ``rotations`` every (class,
+    quarter turns) pair is its own class, as in :class:`~mlhelpers.samplers.episodic.EpisodicSampler`
+    ``(rotations=True)``. ``backbone`` maps ``[batch, C, H, W]`` to features (flattened to
+    ``[batch, D]``); ``split`` None means all classes; ``seed`` seeds the example draws and the head;
+    ``device`` None trains on the backbone's device. Returns ``backbone``, trained in place, in its
+    previous train/eval mode; the head is thrown away.
     """
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
     lr = check_positive("lr", lr)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    generator = make_generator(seed)
     index, classes = split_examples(dataset, split)
     n_rot = ROTATIONS if rotations else 1
     num_classes = int(classes.max()) + 1 if len(classes) else 0
@@ -86,7 +75,6 @@ def pretrain_classifier(
         raise ValueError(f"split {split!r} has {num_classes * n_rot} class(es); a classifier needs at least 2")
     device = torch.device(device) if device is not None else module_device(backbone, "cpu")
     backbone.to(device)
-    generator = make_generator(seed)
 
     was_training = backbone.training
     backbone.eval()

@@ -14,9 +14,9 @@ import time
 import torch
 from torch import nn
 
-from mlhelpers.samplers.augmented import AugmentedSampler
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.ensemble import EnsembleProtoNet
@@ -84,16 +84,13 @@ def train_member(
     """Meta-train one ProtoNet backbone (conv4) with the protocol of Snell et al. 2017; return it in eval mode.
 
     ``n_way``-way ``k_shot``-shot episodes (``q_query`` queries per class) of ``split`` with rotations
-    as new classes, one episode per Adam step at learning rate ``lr``, halved at 1/3 and 2/3 of the
-    run (``schedule="step"``) or decayed to 0 along a half cosine (``schedule="cosine"``). With
-    ``augment`` every image gets its own small random affine distortion
-    (:class:`~mlhelpers.data.augment.AugmentedSampler`), whose strength ``distortion`` sets (keyword
-    arguments of :func:`~mlhelpers.data.augment.random_affine`, e.g. ``{"max_rotate": 15}``; None: its
-    defaults). ``seed`` seeds the initialisation, and (offset by :data:`EPISODE_SEED_OFFSET` and
-    :data:`AUGMENT_SEED_OFFSET`) the episodes and the distortions. Every ``val_every`` steps (None: never)
-    :func:`~mlhelpers.training.meta_train` measures within-alphabet 20-way 1-shot accuracy on
-    ``val_episodes`` meta-validation episodes (shown on its progress bar); validation does not change
-    the result.
+    as new classes, one episode per Adam step at ``lr``, halved at 1/3 and 2/3 of the run
+    (``schedule="step"``) or decayed along a half cosine (``"cosine"``). ``augment`` distorts every
+    image (:class:`~mlhelpers.samplers.wrappers.AugmentedSampler`; ``distortion``: keyword arguments of
+    :func:`~mlhelpers.data.augment.random_affine`). ``seed`` seeds the initialisation and, offset by
+    :data:`EPISODE_SEED_OFFSET` and :data:`AUGMENT_SEED_OFFSET`, the episodes and distortions. Every
+    ``val_every`` steps (None: never) within-alphabet 20-way 1-shot accuracy on ``val_episodes``
+    meta-validation episodes is shown; validation does not change the result.
     """
     if distortion and not augment:
         raise ValueError(f"distortion={distortion} sets the strength of augmentation, but augment=False")

@@ -1,14 +1,8 @@
 """Classical predictors for linear regression on every prefix of a task (Garg et al. 2022, section 3). Chapter 5.
 
-Row ``i`` of each predictor's output predicts ``y_i`` from the ``i`` examples before it (row 0, no
-examples: 0), the same prefixes on which a causal in-context learner predicts
-(:meth:`~mlhelpers.learners.incontext.InContextLearner.prefix_predictions`)::
-
-    xs [tasks, n, d],  ys [tasks, n, out]  ->  predictions [tasks, n, out]
-
-:func:`least_squares_predictions`, :func:`ridge_predictions`, :func:`averaging_predictions` and
-:func:`nearest_neighbour_predictions` predict; :func:`normalised_squared_error` scores any of them
-on a common scale.
+Row ``i`` predicts ``y_i`` from the ``i`` examples before it (row 0: 0), the prefixes of
+:meth:`~mlhelpers.learners.incontext.InContextLearner.prefix_predictions`: ``xs [tasks, n, d]``,
+``ys [tasks, n, out]`` -> ``[tasks, n, out]``. :func:`normalised_squared_error` scores any of them.
 """
 
 from __future__ import annotations

@@ -1,23 +1,15 @@
 """A tiny meta-reinforcement-learning kit, without external simulators (Chapter 7).
 
-The task family is the 2-D point navigation of Finn et al. (2017, section 5.3): a point starts at
-the origin, each task has a goal in the square ``[-0.5, 0.5]^2``, and the agent, which sees only
-its position (not the goal), must find the goal from rewards alone. Everything is batched over
-tasks and episodes::
+The 2-D point navigation of Finn et al. (2017, section 5.3): a point starts at the origin, each task
+has a goal in ``[-0.5, 0.5]^2`` that the agent (seeing only its position) finds from rewards
+``-||p' - goal||`` (Finn et al. square it; the distance keeps a gradient near the goal). Batched::
 
     positions, actions  [tasks, episodes, horizon, 2]     rewards  [tasks, episodes, horizon]
 
-- :class:`PointNavigation`: the dynamics ``p' = p + step_size * clip(a, -1, 1)`` and the reward
-  ``-||p' - goal||`` (Finn et al. use the squared distance; the distance keeps a useful gradient
-  near the goal).
-- :class:`GaussianPolicy`: an MLP mean and a learned, state-independent log standard deviation.
-- :func:`rollout`: sample episodes with shared or per-task parameters.
-- :func:`reinforce_loss`: the REINFORCE (policy-gradient) surrogate with a leave-one-out baseline,
-  one loss per task, differentiable in the parameters (so MAML can differentiate through it).
-- :func:`adapt_policy`: a few policy-gradient steps per task, the inner loop of MAML for RL (one
-  :func:`~mlhelpers.learners.functional.sgd_steps` step per fresh rollout).
-
-Per-task parameters are dicts ``name -> [tasks, *shape]``, as :func:`task_params` makes them.
+:class:`PointNavigation` (dynamics ``p' = p + step_size * clip(a, -1, 1)``), :class:`GaussianPolicy`,
+:func:`rollout`, :func:`reinforce_loss` (REINFORCE with a leave-one-out baseline, differentiable in
+the parameters) and :func:`adapt_policy` (MAML's inner loop for RL). Per-task parameters are dicts
+``name -> [tasks, *shape]`` (:func:`task_params`).
 """
 
 from __future__ import annotations
@@ -206,11 +198,9 @@ def adapt_policy(
     meta-gradient); without, each step starts from detached parameters. Returns ``steps + 1``
     dicts ``name -> [tasks, *shape]``.
 
-    Every step is one step of :func:`~mlhelpers.learners.functional.sgd_steps`, the inner loop of
-    the gradient learners, on a loss that samples its own trajectories first: REINFORCE's inner
-    loss needs fresh rollouts of the current policy, not a fixed :class:`~mlhelpers.tasks.Task`,
-    so the loop is over steps here (one rollout each) and RL does not go through ``MetaLearner``.
-    The per-task losses are summed: task ``t``'s parameters get the gradient of its own loss.
+    Each is one :func:`~mlhelpers.learners.functional.sgd_steps` step on a loss that samples fresh
+    rollouts first (REINFORCE needs them, so RL does not go through ``MetaLearner``). The per-task
+    losses are summed: task ``t``'s parameters get the gradient of its own loss.
     """
     check_positive("inner_lr", inner_lr)
     check_steps("steps", steps)

@@ -1,46 +1,20 @@
 """Tasks as token sequences for a causal transformer: the layouts of Chapter 5.
 
-An in-context learner reads a task's support set as a sequence of tokens and predicts a query's
-label at the end. Following Garg et al. (2022, "What can transformers learn in-context?") the
-tokens interleave inputs and labels, all vectors of one width ``W``::
+**Interleaved** (Garg et al. 2022): ``x_1, y_1, ..., x_k, y_k, x_query``, ``2k + 1`` tokens of one
+width ``W``. An ``x`` token is the input vector followed by zeros. Regression: ``W = max(x width,
+out)``, a label token ``[y, 0, ..., 0]``. Classification: ``W = x width + n_way``, an input token
+``[x, 0 * n_way]`` and a label token ``[0 * x width, one_hot(y)]``, so a linear read-in never
+mistakes a label for an input feature.
 
-    x_1, y_1, x_2, y_2, ..., x_k, y_k, x_query        2k + 1 tokens
-    ^ prediction of y_1 is read here,  ^ ... and of the query's label here
+**Paired** (as SNAIL, Mishra et al. 2018): one token per example, ``[x_i | y_i]``, then
+``[x_query | 0]`` (``k + 1`` tokens, :func:`token_width` with ``paired=True``). A query finds its
+label in one attention step where the interleaved layout needs an induction head (Olsson et al.
+2022), but a paired token already holds its label, so there is no learning curve for free.
 
-**Token layout.** ``x`` tokens are the input vectors (or their image features) followed by zeros.
-
-* Regression (float labels ``[tasks, n, out]``), as in Garg et al.: ``W = max(x width, out)``,
-  a label token is ``[y, 0, ..., 0]``.
-* Classification (integer labels ``0 .. n_way - 1``): ``W = x width + n_way``, an input token is
-  ``[x, 0 * n_way]`` and a label token ``[0 * x width, one_hot(y)]``. The one-hot lives in
-  coordinates of its own, so a linear read-in can never mistake a label for an input feature
-  (it acts as two separate encoders, one for inputs and one for labels, with a shared bias).
-
-**Paired layout.** SNAIL (Mishra et al. 2018) feeds each support example *with its own label*
-and the query with a null label. :func:`paired_query_sequences` packs each pair into *one* token,
-``x_i + y_i`` (the label in coordinates of its own: ``W = x width + n_way`` for classes,
-``x width + out`` for regression, :func:`token_width` with ``paired=True``), and the query's token
-carries zeros where a label would be::
-
-    [x_1 | y_1], [x_2 | y_2], ..., [x_k | y_k], [x_query | 0]        k + 1 tokens
-
-A query then finds its label in one attention step (match ``x``, copy ``y``), where the
-interleaved layout needs two (an earlier layer must first copy ``x_i`` into ``y_i``'s token, the
-"induction head" of Olsson et al. 2022); paired sequences are also half as long. What is lost is
-Garg's learning curve for free: a paired token already holds its own label. (The memory-augmented
-network of Santoro et al. 2016 pairs differently: it feeds each input with the *previous* step's
-label, ``[x_t | y_{t-1}]``, so the label of ``x_t`` arrives one step later. This module does not
-build that offset layout.)
-
-**Queries.** :func:`query_sequences` builds one sequence per query, support set first, batched as
-``[tasks * n_query, 2k + 1, W]``: a query sees the whole support set and itself, never its own
-label nor the other queries. :func:`prefix_sequence` drops the query and the last label,
-``x_1, y_1, ..., x_k`` (``2k - 1`` tokens); a causal model's outputs at the ``x`` positions
-(:func:`x_positions`) then predict every ``y_i`` from the ``i - 1`` examples before it, so one pass
-gives the in-context learning curve for context lengths ``0 .. k - 1`` (Garg's trick).
-
-The classical baselines that predict along the same prefixes are in
-:mod:`mlhelpers.regression_baselines`.
+:func:`query_sequences` builds one sequence per query, ``[tasks * n_query, 2k + 1, W]`` (a query
+never sees its own label or the other queries). :func:`prefix_sequence` (``x_1, y_1, ..., x_k``)
+read at :func:`x_positions` predicts every ``y_i`` from the examples before it: the in-context
+learning curve in one pass. Baselines along the same prefixes: :mod:`mlhelpers.regression_baselines`.
 """
 
 from __future__ import annotations
@@ -173,12 +147,10 @@ def prefix_sequence(x_tokens: Tensor, y_tokens: Tensor) -> Tensor:
 
 
 def task_sequences(task: Task, n_way: int | None = None, *, paired: bool = False) -> Tensor:
-    """The query sequences of a task with *vector* inputs.
-
-    ``[tasks * n_query, 2k + 1, W]`` interleaved (:func:`query_sequences`), or
-    ``[tasks * n_query, k + 1, W]`` with ``paired=True`` (:func:`paired_query_sequences`). Raw
-    tokens, before any learned read-in: the object the transformer of Chapter 5 reads. Image tasks
-    are encoded first, inside :class:`~mlhelpers.learners.incontext.InContextLearner`.
+    """The raw query sequences of a task with *vector* inputs, before any learned read-in (Chapter 5):
+    ``[tasks * n_query, 2k + 1, W]`` (:func:`query_sequences`), or ``[tasks * n_query, k + 1, W]``
+    with ``paired=True`` (:func:`paired_query_sequences`). Image tasks are encoded inside
+    :class:`~mlhelpers.learners.incontext.InContextLearner`.
     """
     _check_vectors("task.support_x", task.support_x)
     y_features = 1 if n_way is not None else task.support_y.shape[-1]

@@ -1,25 +1,18 @@
-"""One task type for every chapter: regression, few-shot classification and sequences.
-
-Chapter 1 defines a task by its support and query sets.
-
-A :class:`Task` always holds a *batch* of tasks, so that learners can ``vmap`` or loop over the
-leading dimension::
+"""One task type for every chapter (Chapter 1): a :class:`Task` holds a *batch* of support and query sets::
 
     support_x  [tasks, n_support, *x_shape]     e.g. [tasks, n_way * k_shot, 1, 28, 28]
     support_y  [tasks, n_support, *y_shape]     e.g. [tasks, n_way * k_shot] (int64 labels 0..n_way-1)
     query_x    [tasks, n_query, *x_shape]
     query_y    [tasks, n_query, *y_shape]
 
-``info`` carries per-task metadata whose first dimension is also ``tasks`` (the sinusoid's
-amplitude, the classes an episode drew, ...). It is moved between devices with the rest.
-
-:func:`check_task` is what every learner's ``forward`` and ``meta_loss`` run first.
+``info`` holds per-task metadata, also ``[tasks, ...]`` (a sinusoid's amplitude, an episode's
+classes), moved between devices with the rest. Every learner runs :func:`check_task` first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -63,16 +56,9 @@ class Task:
                     f"Task.{name} holds {value.shape[0]} tasks but support_x holds {n}: "
                     "every field needs the same leading [tasks] dimension"
                 )
-        if self.support_x.shape[1] != self.support_y.shape[1]:
-            raise ValueError(
-                f"support_x has {self.support_x.shape[1]} examples per task but support_y has "
-                f"{self.support_y.shape[1]}"
-            )
-        if self.query_x.shape[1] != self.query_y.shape[1]:
-            raise ValueError(
-                f"query_x has {self.query_x.shape[1]} examples per task but query_y has "
-                f"{self.query_y.shape[1]}"
-            )
+        for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
+            if parts[x].shape[1] != parts[y].shape[1]:
+                raise ValueError(f"{x} has {parts[x].shape[1]} examples per task but {y} has {parts[y].shape[1]}")
         if self.support_x.shape[1] < 1:
             raise ValueError(
                 f"Task.support_x must hold at least one example per task, got an empty support set "
@@ -102,15 +88,14 @@ class Task:
     def n_query(self) -> int:
         return self.query_x.shape[1]
 
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Task":
+        """The batch with ``fn`` applied to each of its tensors (the four sets and ``info``)."""
+        return Task(fn(self.support_x), fn(self.support_y), fn(self.query_x), fn(self.query_y),
+                    {k: fn(v) for k, v in self.info.items()})
+
     def to(self, device: torch.device | str) -> "Task":
         """A copy of the batch on ``device`` (no copy if it is already there)."""
-        return Task(
-            self.support_x.to(device),
-            self.support_y.to(device),
-            self.query_x.to(device),
-            self.query_y.to(device),
-            {k: v.to(device) for k, v in self.info.items()},
-        )
+        return self._apply(lambda t: t.to(device))
 
     def __getitem__(self, index: int | slice | Tensor) -> "Task":
         """The sub-batch ``index`` (an int keeps the leading dimension, with size 1)."""
@@ -118,13 +103,7 @@ class Task:
             if not -len(self) <= index < len(self):
                 raise IndexError(f"task index {index} out of range for a batch of {len(self)}")
             index = slice(index, index + 1 if index != -1 else None)
-        return Task(
-            self.support_x[index],
-            self.support_y[index],
-            self.query_x[index],
-            self.query_y[index],
-            {k: v[index] for k, v in self.info.items()},
-        )
+        return self._apply(lambda t: t[index])
 
     def unbind(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Iterate over single tasks as ``(support_x, support_y, query_x, query_y)`` without the batch dim."""

@@ -89,22 +89,17 @@ def meta_train(
 ) -> History:
     """Meta-train ``learner`` for ``steps`` optimizer steps on batches of ``meta_batch_size`` tasks.
 
-    Each step draws ``train_sampler.sample(meta_batch_size)``, minimises ``learner.meta_loss`` with
-    ``optimizer`` (default ``Adam(lr=1e-3)``), optionally clipping the gradient norm to
-    ``grad_clip``, then steps the learning-rate ``scheduler`` if one is given (it must wrap
-    ``optimizer``). Every ``val_every`` steps (multiples of it) the learner is evaluated on
-    ``val_episodes`` episodes of ``val_sampler`` in eval mode. A non-finite loss stops the run with
-    a RuntimeError naming the step, before anything is saved.
+    Each step minimises ``learner.meta_loss(train_sampler.sample(meta_batch_size))`` with ``optimizer``
+    (default ``Adam(lr=1e-3)``), clipping the gradient norm to ``grad_clip`` if given, then steps
+    ``scheduler`` (which must wrap ``optimizer``). At multiples of ``val_every`` the learner is
+    evaluated on ``val_episodes`` episodes of ``val_sampler``. A non-finite loss stops the run with a
+    RuntimeError naming the step, before anything is saved.
 
-    Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end. If the
-    file exists, training resumes from it (learner, optimizer, scheduler, step, history, sampler and
-    global random states) and continues up to ``steps``; its configuration must match: ``config``
-    plus ``meta_batch_size``, ``grad_clip``, the optimizer's class and the scheduler's class if any
-    (a ValueError lists differences).
-
-    ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run (initialise the model
-    yourself beforehand). Batches (a :class:`~mlhelpers.tasks.Task`, or anything with ``.device``
-    and ``.to``) are moved to the device of the learner's parameters if needed.
+    Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end; if the file
+    exists, training resumes from it, provided its configuration matches (``config`` plus
+    ``meta_batch_size``, ``grad_clip`` and the optimizer's and scheduler's classes; a ValueError lists
+    differences). ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run. Batches are
+    moved to the device of the learner's parameters.
     """
     params, optimizer, grad_clip = _check_arguments(
         learner, train_sampler, val_sampler, optimizer, scheduler, seed=seed, grad_clip=grad_clip, steps=steps,

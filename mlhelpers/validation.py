@@ -33,6 +33,13 @@ def check_steps(name: str, value: Any) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, else a TypeError naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_positive(name: str, value: Any) -> float:
     """Return ``value`` as a float if it is a finite number > 0 (a learning rate, a step size, a
     standard deviation), else raise naming ``name``."""

@@ -77,7 +77,7 @@ from mlhelpers.regression_baselines import (
 from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import LinearTasks
-from mlhelpers.samplers.shuffled import ShuffledSupport, shuffle_support
+from mlhelpers.samplers.wrappers import ShuffledSupport, shuffle_support
 from mlhelpers.sequences import task_sequences
 from mlhelpers.training import meta_train
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import make_dataset
 from mlhelpers.data.augment import affine, affine_matrix, random_affine, shifted_copies
-from mlhelpers.samplers.augmented import AugmentedSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.samplers.episodic import EpisodicSampler
 
 

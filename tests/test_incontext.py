@@ -18,7 +18,7 @@ from mlhelpers.regression_baselines import (
 )
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import LinearTasks
-from mlhelpers.samplers.shuffled import ShuffledSupport, shuffle_support
+from mlhelpers.samplers.wrappers import ShuffledSupport, shuffle_support
 from mlhelpers.sequences import (
     input_tokens,
     label_tokens,
@@ -342,3 +342,10 @@ def test_input_dimension_mismatches_are_rejected():
         images.adapt(torch.randn(1, 2, 1, 8, 8), torch.tensor([[0, 1]]))
     with pytest.raises(ValueError, match="pred has shape"):
         normalised_squared_error(torch.zeros(2, 3, 1), torch.zeros(2, 3), 2)
+
+
+def test_causal_transformer_checks_dropout():
+    with pytest.raises(TypeError, match="dropout must be a number, got str '0.1'"):
+        CausalTransformer(dropout="0.1")
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 1"):
+        CausalTransformer(dropout=1)

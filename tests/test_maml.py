@@ -456,6 +456,8 @@ def test_bad_arguments_name_themselves():
         ANIL(nn.Linear(1, 1))
     with pytest.raises(ValueError, match=r"head must be an int between 1 and len\(model\)=3, got 4"):
         ANIL(mlp(1, 1, hidden=(4,)), head=4)
+    with pytest.raises(TypeError, match="head must be an int, got float 1.0"):
+        ANIL(mlp(1, 1, hidden=(4,)), head=1.0)
     learner = MAML(mlp(1, 1))
     task = SinusoidTasks(3, 3, seed=0).sample(2)
     fast = learner.adapt(task.support_x, task.support_y)

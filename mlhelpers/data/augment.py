@@ -1,13 +1,9 @@
 """Small random affine distortions of images, for training and test-time augmentation. Chapter 4.
 
-Omniglot characters keep their identity under a small shift, scale, rotation or shear (people
-draw them that way), so these make new drawings of the same character:
-
-    x_aug = random_affine(task.support_x, generator=g)        # any [..., C, H, W]
-
-:class:`~mlhelpers.samplers.augmented.AugmentedSampler` applies them to every episode of a sampler.
-
-Images are resampled bilinearly with zero padding (background is 0, ink is 1).
+Omniglot characters keep their identity under a small shift, scale, rotation or shear, so
+``random_affine(task.support_x, generator=g)`` (any ``[..., C, H, W]``; bilinear, zero padding)
+makes new drawings of the same characters; :class:`~mlhelpers.samplers.wrappers.AugmentedSampler`
+applies it to every episode of a sampler.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""A labelled image collection with named, class-disjoint splits: what episodic samplers draw from.
-
-Chapter 1 explains the meta-training, meta-validation and meta-test splits.
-"""
+"""A labelled image collection with named, class-disjoint splits: what episodic samplers draw from (Chapter 1)."""
 
 from __future__ import annotations
 

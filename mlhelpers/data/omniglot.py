@@ -1,29 +1,12 @@
-"""Omniglot, shipped offline: 8 alphabets, 242 characters, 20 drawers each (4,840 images).
+"""Omniglot, shipped offline: 8 alphabets, 242 characters, 20 drawers each (4,840 images). Chapter 1.
 
-Chapter 1 introduces the data set and its split by alphabet.
-
-The package ships the union of the two "minimal background" sets of Lake, Salakhutdinov and
-Tenenbaum (2015), ``images_background_small1`` and ``images_background_small2`` (Greek and Latin
-are in both; their files are identical and kept once), as ``data/assets/omniglot_small.npz``:
-every image already passed through :func:`preprocess` (``[1, 28, 28]``, ink = 1) and quantised to
-8 bits. :func:`load_omniglot` turns it into a :class:`~mlhelpers.data.labelled.LabelledDataset`
-with class-disjoint splits *by alphabet* (:data:`OMNIGLOT_SPLITS`)::
-
-    train  Japanese_(katakana) 47, Korean 40, Latin 26, Tagalog 17   130 characters
-    val    Early_Aramaic 22, Greek 24                                  46 characters
-    test   Balinese 24, Sanskrit 42                                    66 characters
-
-Why this split: every validation and test alphabet has at least 20 characters, so the
-within-alphabet 20-way task of Lake et al. (2015) can be drawn from each of them
-(``EpisodicSampler(..., within_group=True)``); the training split keeps the largest pool of
-characters. No character, and no alphabet, is in two splits.
-
-The shipped file is checked on every (first) load against :data:`OMNIGLOT_SHA256`, a sha256 of the
-array *contents* (:func:`arrays_sha256`), not of the file's bytes, so that a file rebuilt with
-``scripts/build_omniglot.py`` on a machine with another zlib still verifies.
-
-:func:`load_full_omniglot` reads the full background (964 characters) or evaluation (659
-characters) set from a torchvision-style folder, downloading it only when asked to.
+The shipped file ``data/assets/omniglot_small.npz`` is the union of the two "minimal background"
+sets of Lake et al. (2015), every image already through :func:`preprocess` and quantised to 8 bits.
+:func:`load_omniglot` splits it *by alphabet* (:data:`OMNIGLOT_SPLITS`, 130 / 46 / 66 characters),
+so every validation and test alphabet has the 20 characters of a within-alphabet 20-way task. The
+file is checked on first load against :data:`OMNIGLOT_SHA256`, a hash of the array contents
+(:func:`arrays_sha256`), so a file rebuilt by ``scripts/build_omniglot.py`` with another zlib
+still verifies. :func:`load_full_omniglot` reads the full background or evaluation set.
 
 Data: MIT licence, copyright (c) 2015 Brenden Lake (``data/assets/LICENSE-omniglot.txt``). Cite:
 Lake, B. M., Salakhutdinov, R., and Tenenbaum, J. B. (2015). Human-level concept learning through
@@ -46,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.validation import check_bool
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -151,24 +135,11 @@ def _downsample(ink: np.ndarray) -> Tensor:
 def preprocess(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     """One raw Omniglot image -> the model input ``[1, 28, 28]`` float32 in [0, 1], ink = 1.
 
-    This is the function the shipped file (:func:`load_omniglot`) was built with, so a drawing of
-    your own passed through it looks like the training data (up to the 8-bit quantisation of the
-    shipped file, at most 0.5 / 255 per pixel).
-
-    Args:
-        image: a ``105 x 105`` raw image, either
-            - a PIL image with dark ink on a light background, as read from an Omniglot PNG (any
-              mode; it is converted to greyscale ``'L'`` and inverted), or
-            - a ``[105, 105]`` numpy array or torch tensor of ink: bool, or integers with values in
-              {0, 1} (ink = 1, background = 0), or floats with ink intensities in [0, 1].
-
-    Returns:
-        ``[1, 28, 28]`` float32 tensor in [0, 1]: the ink intensity, downsampled with an area
-        average (PIL ``BOX`` filter, antialiased and deterministic). Bright strokes, dark background.
-
-    Raises:
-        TypeError: ``image`` is not an image or array, or has an unusable dtype.
-        ValueError: wrong size or shape, values outside {0, 1} (integers) or [0, 1] (floats), NaN.
+    The shipped file was built with it, so your own drawing passed through it looks like the training
+    data. ``image`` is ``105 x 105``: a PIL image with dark ink on light (as read from an Omniglot
+    PNG), or a ``[105, 105]`` array or tensor of ink (bool, integers in {0, 1}, or floats in [0, 1]).
+    The ink is downsampled with an area average (PIL ``BOX``). A TypeError or ValueError names a bad
+    type, shape or value.
     """
     return _downsample(_ink(image, "image"))
 
@@ -254,29 +225,15 @@ def _class_names(raw: Mapping[str, np.ndarray]) -> list[str]:
 
 
 def load_omniglot(split_by_alphabet: bool = True) -> LabelledDataset:
-    """The shipped Omniglot: 4,840 images of 242 characters from 8 alphabets, 20 drawers each.
+    """The shipped Omniglot as a :class:`LabelledDataset`, with the splits of :data:`OMNIGLOT_SPLITS`
+    (``split_by_alphabet=False``: no splits).
 
-    Args:
-        split_by_alphabet: give the dataset the ``"train"`` / ``"val"`` / ``"test"`` splits of
-            :data:`OMNIGLOT_SPLITS` (130 / 46 / 66 characters); False: no splits.
-
-    Returns:
-        a :class:`LabelledDataset` with ``images`` ``[4840, 1, 28, 28]`` float32 in [0, 1] (ink = 1,
-        the output of :func:`preprocess` up to 8-bit quantisation), ``labels`` ``[4840]`` (20 images
-        per class, drawer 1..20 in order, see :func:`omniglot_drawers`), ``class_names`` such as
-        ``'Greek/character01'`` (sorted by alphabet, then character), ``class_groups`` ``[242]``
-        alphabet id per class and ``group_names`` the 8 alphabet names (sorted).
-
-    The file is read and verified once per process; every call returns fresh tensors, so changing
-    them does not change what the next call returns.
-
-    Raises:
-        ValueError: the shipped file does not match :data:`OMNIGLOT_SHA256` (corrupted).
+    ``images`` ``[4840, 1, 28, 28]`` float32 (ink = 1), ``labels`` ``[4840]`` (20 images per class in
+    drawer order, :func:`omniglot_drawers`), ``class_names`` such as ``'Greek/character01'``,
+    ``class_groups`` ``[242]`` alphabet ids and ``group_names`` the 8 alphabets (sorted). The file is
+    read and verified once per process (a ValueError if corrupted); every call returns fresh tensors.
     """
-    if not isinstance(split_by_alphabet, bool):
-        raise TypeError(
-            f"split_by_alphabet must be a bool, got {type(split_by_alphabet).__name__} {split_by_alphabet!r}"
-        )
+    check_bool("split_by_alphabet", split_by_alphabet)
     raw = _load_raw()
     images = torch.tensor(raw["images"], dtype=torch.float32).unsqueeze(1) / 255.0
     labels = torch.tensor(raw["labels"], dtype=torch.int64)
@@ -322,33 +279,17 @@ def load_full_omniglot(
 ) -> LabelledDataset:
     """The full Omniglot background (964 characters) or evaluation (659) set, preprocessed.
 
-    Reads the folder torchvision's :class:`torchvision.datasets.Omniglot` extracts,
-    ``root/omniglot-py/images_background/ALPHABET/characterNN/*.png`` (``images_evaluation`` for
-    ``background=False``), applying :func:`preprocess` to every image. Nothing is downloaded unless
-    ``download=True``: then ``torchvision.datasets.Omniglot(root, background, download=True)``
-    fetches and extracts the zip first (it skips the download if the zip is already there). The
-    folder is walked here rather than read through torchvision, whose constructor also insists on
-    the downloaded zip (it checks its md5) even when the extracted folder is complete.
-
-    Args:
-        root: the folder holding ``omniglot-py``.
-        background: the background set (True) or the evaluation set (False).
-        download: fetch the data from the internet if it is not under ``root``.
-
-    Returns:
-        a :class:`LabelledDataset` with ``images`` ``[N, 1, 28, 28]``, classes sorted by
-        (alphabet, character) and named ``'Alphabet/characterNN'``, ``class_groups`` the alphabet
-        of each class, ``group_names`` the alphabets, and no splits.
-
-    Raises:
-        FileNotFoundError: the folder is missing and ``download`` is False (pass ``download=True``),
-            or it holds no images.
+    Reads the folder torchvision's ``Omniglot`` extracts, ``root/omniglot-py/images_background/
+    ALPHABET/characterNN/*.png`` (``images_evaluation`` for ``background=False``), through
+    :func:`preprocess`. With ``download=True`` torchvision fetches it first; the folder is walked here
+    because torchvision's constructor insists on the zip even when the folder is complete. Returns a
+    :class:`LabelledDataset` without splits, classes sorted by (alphabet, character). A
+    FileNotFoundError if the folder is missing (and ``download`` is False) or holds no images.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a str or path, got {type(root).__name__} {root!r}")
-    for name, value in (("background", background), ("download", download)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    check_bool("background", background)
+    check_bool("download", download)
     root = Path(root)
     folder = _full_folder(root, background)
     if download:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mlhelpers.validation import describe
+from mlhelpers.validation import check_bool, describe
 
 MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.zip"
 """Where :func:`load_movielens` downloads from (about 1 MB, 100,836 ratings of 610 users)."""
@@ -25,20 +25,15 @@ MOVIELENS_URL = "https://files.grouplens.org/datasets/movielens/ml-latest-small.
 def load_movielens(root: str | os.PathLike, download: bool = False) -> dict[str, Tensor]:
     """The MovieLens "latest-small" ratings (Harper & Konstan 2015), for readers with internet.
 
-    Looks for ``ml-latest-small/ratings.csv`` and ``movies.csv`` under ``root``. If they are missing
-    it downloads :data:`MOVIELENS_URL` into ``root`` only when ``download=True``; otherwise it
-    raises a FileNotFoundError that says how to get them. Nothing in the book calls it with
-    ``download=True``: Chapter 7 runs on :class:`~mlhelpers.samplers.ratings.RatingTasks`.
-
-    Returns:
-        ``user`` and ``item`` ``[ratings]`` int64 (0-based, dense ids), ``rating`` ``[ratings]``
-        float32 (0.5 .. 5 stars) and ``genres`` ``[items, 20]`` float32, a multi-hot row per item
-        (the item features of a MeLU-style model); group ratings by ``user`` to make tasks.
+    Reads ``root/ml-latest-small/ratings.csv`` and ``movies.csv``, downloading :data:`MOVIELENS_URL`
+    only with ``download=True`` (else a FileNotFoundError says how to get them; the book itself runs
+    on :class:`~mlhelpers.samplers.ratings.RatingTasks`). Returns ``user`` and ``item`` ``[ratings]``
+    int64 (dense 0-based ids), ``rating`` ``[ratings]`` float32 (0.5 .. 5 stars) and ``genres``
+    ``[items, 20]`` float32 multi-hot item features.
     """
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path (str or os.PathLike), got {describe(root)}")
-    if not isinstance(download, bool):
-        raise TypeError(f"download must be a bool, got {describe(download)}")
+    check_bool("download", download)
     folder = Path(root) / "ml-latest-small"
     ratings_file, movies_file = folder / "ratings.csv", folder / "movies.csv"
     if not (ratings_file.exists() and movies_file.exists()):

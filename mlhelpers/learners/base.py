@@ -1,14 +1,9 @@
-"""The one interface every learner of the book shares.
-
-A meta-learner *adapts* to a task's support set and *predicts* on its query set; meta-training
-minimises the query loss after adaptation, averaged over a batch of tasks. Gradient-based learners
-(MAML and relatives, Chapter 3) adapt by taking gradient steps, metric learners (Prototypical
-Networks and friends, Chapter 4) by computing class summaries, in-context learners (Chapter 5) by
-reading the support set as a sequence. All are batched over tasks::
+"""The one interface every learner of the book shares (gradient-based, Chapter 3; metric, Chapter 4;
+in-context, Chapter 5): adapt to a support set, predict on a query set, batched over tasks::
 
     adapted = learner.adapt(task.support_x, task.support_y)   # [tasks, n_support, ...]
     outputs = learner.predict(adapted, task.query_x)          # [tasks, n_query, out]
-    loss = learner.meta_loss(task)                            # scalar, differentiable
+    loss = learner.meta_loss(task)                            # scalar: query loss after adaptation
 """
 
 from __future__ import annotations
@@ -81,19 +76,15 @@ def task_metric(outputs: Tensor, targets: Tensor) -> Tensor:
 class MetaLearner(nn.Module, ABC):
     """Base class: subclasses implement the hooks :meth:`_adapt` and :meth:`_predict`.
 
-    The public methods :meth:`adapt`, :meth:`predict`, :meth:`forward` (``learner(task)``) and
-    :meth:`meta_loss` check their inputs (:func:`~mlhelpers.tasks.check_task`,
-    :func:`~mlhelpers.validation.check_support`, :func:`~mlhelpers.validation.check_query`)
-    and then call the hook of the same name with an underscore. Subclasses override the hooks,
-    never the public methods, and hooks call hooks, so a nested call does not check again.
+    The public methods :meth:`adapt`, :meth:`predict`, :meth:`forward` and :meth:`meta_loss` check
+    their inputs (:func:`~mlhelpers.tasks.check_task`, :func:`~mlhelpers.validation.check_support`,
+    :func:`~mlhelpers.validation.check_query`), then call the hook of the same name with an
+    underscore. Subclasses override hooks, never public methods; hooks call hooks, so nothing is
+    checked twice. :meth:`_meta_loss` (what training minimises) and :meth:`_forward` may be overridden
+    too (Reptile's surrogate loss, a transductive forward).
 
-    :meth:`_meta_loss` is what the training loop minimises; learners whose meta-update is not
-    the gradient of the post-adaptation query loss (first-order MAML, Reptile) override it with a
-    surrogate whose gradient is their update. :meth:`_forward` may be overridden too (a
-    transductive learner uses the query inputs while adapting).
-
-    ``needs_grad_to_adapt``: whether :meth:`adapt` takes gradient steps. Evaluation runs learners
-    that set it to False (metric learners) under ``torch.no_grad()`` to save memory.
+    ``needs_grad_to_adapt``: False for learners that adapt without gradient steps; evaluation runs
+    them under ``torch.no_grad()``.
     """
 
     needs_grad_to_adapt: bool = True

@@ -1,15 +1,11 @@
-"""Baselines without meta-training: classify by nearest centroid in a pre-trained feature space. Chapter 4.
+"""Baselines without meta-training: nearest centroid in a pre-trained feature space. Chapter 4.
 
-Chen et al. (2019, "A closer look at few-shot classification") showed that a backbone trained as an
-ordinary classifier over all meta-training classes is a strong few-shot baseline; SimpleShot (Wang
-et al. 2019) classifies with it by the nearest class mean of normalised features::
+A backbone trained as an ordinary classifier is a strong few-shot baseline (Chen et al. 2019);
+SimpleShot (Wang et al. 2019) classifies by the nearest class mean of normalised features, which
+matches Chen et al.'s fine-tuned linear head without gradient steps (so that is not implemented)::
 
     backbone = pretrain_classifier(conv4(), omniglot, "train", steps=2000)  # mlhelpers.pretraining
     learner = NearestCentroid(backbone, "cl2n", base_mean=feature_mean(backbone, omniglot, "train"))
-    evaluate(learner, test_sampler)
-
-Chen et al.'s own test-time step, fine-tuning a fresh linear head on each support set, is not
-implemented here: SimpleShot's nearest centroid matches or beats it and needs no gradient steps.
 """
 
 from __future__ import annotations
@@ -75,24 +71,12 @@ def feature_mean(
 class NearestCentroid(MetaLearner):
     """SimpleShot: nearest class mean of (optionally normalised) features of a fixed backbone.
 
-    Features ``f(x)`` (flattened to ``[D]``) are transformed by ``normalise``:
-
-    - ``None``: unchanged ("UN" in SimpleShot); with an identity-like backbone this is ProtoNet;
-    - ``"l2"``: ``f / |f|`` ("L2N");
-    - ``"cl2n"``: ``(f - m) / |f - m|`` with ``m = base_mean``, the mean feature of the base
-      (meta-training) classes from :func:`feature_mean` ("CL2N", SimpleShot's best).
-
-    ``adapt`` returns the class means of the transformed support features ``[tasks, n_way, D]``
-    (not re-normalised, as in SimpleShot); ``predict`` returns logits ``[tasks, n_query, n_way]``,
-    the negative squared Euclidean distances to them.
-
-    Args:
-        backbone: any module mapping ``[batch, *x_shape]`` to features; usually the output of
-            :func:`pretrain_classifier`. It is trained by nothing here (but :func:`meta_train` would
-            train it like ProtoNet's).
-        normalise: ``"l2"``, ``"cl2n"`` or None.
-        base_mean: ``[D]`` feature mean, required by ``"cl2n"`` and only used by it. Stored as a
-            buffer, so ``.to(device)`` moves it.
+    ``normalise`` transforms the features ``f(x)`` (flattened to ``[D]``): None leaves them ("UN"),
+    ``"l2"`` gives ``f / |f|`` ("L2N"), ``"cl2n"`` ``(f - m) / |f - m|`` with ``m = base_mean``
+    ``[D]``, the mean feature of the meta-training classes from :func:`feature_mean` ("CL2N",
+    SimpleShot's best; a buffer, so ``.to(device)`` moves it). ``adapt`` returns the class means
+    ``[tasks, n_way, D]`` (not re-normalised); ``predict`` the negative squared distances to them,
+    ``[tasks, n_query, n_way]``. ``backbone`` is usually the output of :func:`pretrain_classifier`.
     """
 
     needs_grad_to_adapt = False

@@ -13,43 +13,28 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.data.augment import shifted_copies
-from mlhelpers.data.omniglot import IMAGE_SIZE
+from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.protonet import PrototypeLearner, negative_squared_distances
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_steps, check_tensor
-
-IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)
-"""``(channels, height, width)`` of the images :meth:`EnsembleProtoNet.predict_labels` takes."""
-
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_steps, check_tensor
 
 class EnsembleProtoNet(PrototypeLearner):
     """Prototypical Networks averaged over backbones and (optionally) shifted views of each image.
 
-    Each member embeds an image as the mean embedding of its views (the image and, with
-    ``tta_shift > 0``, its copies shifted by ``tta_shift`` pixels; :func:`~mlhelpers.data.augment.shifted_copies`),
-    builds class prototypes and turns negative squared distances into class probabilities; the
-    ensemble averages the probabilities of its members.
-
-    Args:
-        backbones: modules mapping ``[batch, C, H, W]`` to ``[batch, D]``.
-        tta_shift: pixels to shift for test-time augmentation (0: none).
-        transductive_steps: soft k-means refinements of every member's prototypes with the
-            task's query embeddings, weighted by the ensemble's probabilities
-            (:func:`~mlhelpers.learners.protonet.refine_prototypes`), in ``forward`` and
-            :meth:`predict_labels`; 0 (the default) is inductive.
-
-    ``adapt`` returns prototypes ``[members, tasks, n_way, D]``; ``predict`` returns log mean
-    probabilities ``[tasks, n_query, n_way]`` (logits for :func:`~mlhelpers.evaluation.evaluate`);
-    both are inductive.
+    Each member embeds an image as the mean embedding of its views (with ``tta_shift > 0``, copies
+    shifted by ``tta_shift`` pixels, :func:`~mlhelpers.data.augment.shifted_copies`) and turns
+    negative squared distances to its prototypes into probabilities; the ensemble averages them.
+    ``adapt`` returns prototypes ``[members, tasks, n_way, D]``, ``predict`` log mean probabilities
+    ``[tasks, n_query, n_way]``. ``transductive_steps > 0`` refines every member's prototypes with the
+    query embeddings (:func:`~mlhelpers.learners.protonet.refine_prototypes`) in ``forward`` and
+    :meth:`predict_labels`. ``backbones`` map ``[batch, C, H, W]`` to ``[batch, D]``.
     """
 
     def __init__(self, backbones: Sequence[nn.Module], tta_shift: int = 0, transductive_steps: int = 0) -> None:
         super().__init__()
         if len(backbones) == 0:
             raise ValueError("backbones must hold at least one module")
-        if not isinstance(tta_shift, int) or tta_shift < 0:
-            raise ValueError(f"tta_shift must be an int >= 0, got {tta_shift!r}")
         self.backbones = nn.ModuleList(backbones)
-        self.tta_shift = tta_shift
+        self.tta_shift = check_steps("tta_shift", tta_shift)
         self.transductive_steps = check_steps("transductive_steps", transductive_steps)
         self.config: dict = {}  # how a saved learner was trained (set by pretrained.load_file)
 
@@ -76,22 +61,12 @@ class EnsembleProtoNet(PrototypeLearner):
     def predict_labels(self, support_images: Tensor, support_labels: Tensor, query_images: Tensor) -> Tensor:
         """The predicted label of each query image, from a labelled support set.
 
-        Images are as :func:`mlhelpers.data.omniglot.preprocess` makes them: ``[1, 28, 28]`` each,
-        ink = 1, float in [0, 1] or uint8 in 0..255, stacked to ``[n, 1, 28, 28]``. With a task
-        dimension (``[tasks, n, 1, 28, 28]``) many tasks are solved at once.
-
-        Args:
-            support_images: ``[n_support, 1, 28, 28]`` or ``[tasks, n_support, 1, 28, 28]``.
-            support_labels: ``[n_support]`` or ``[tasks, n_support]`` integers, any values (e.g. 3, 7,
-                42): every distinct label is a class; every task must have the same number of classes.
-                Any number of ways and shots, shots may differ between classes.
-            query_images: ``[n_query, 1, 28, 28]`` or ``[tasks, n_query, 1, 28, 28]``.
-
-        Returns:
-            int64 ``[n_query]`` (or ``[tasks, n_query]``): for each query, one of its task's support labels.
-
-        Raises:
-            TypeError, ValueError: wrong dtypes, shapes, or mismatched sizes.
+        Images as :func:`mlhelpers.data.omniglot.preprocess` makes them (float in [0, 1] or uint8 in
+        0..255): ``support_images`` ``[n_support, 1, 28, 28]``, ``support_labels`` ``[n_support]``
+        integers of any values (every distinct label is a class; any ways and shots), ``query_images``
+        ``[n_query, 1, 28, 28]``; with a leading task dimension many tasks are solved at once (each with
+        the same number of classes). Returns int64 ``[n_query]`` (or ``[tasks, n_query]``) support labels.
+        A TypeError or ValueError names a bad dtype, shape or size.
         """
         batched = isinstance(support_images, Tensor) and support_images.dim() == 5
         sx = _images(support_images, "support_images")
@@ -151,7 +126,4 @@ def _images(images: Tensor, name: str) -> Tensor:
         return images.float() / 255.0
     if not images.dtype.is_floating_point:
         raise TypeError(f"{name} must be float in [0, 1] or uint8, got dtype {images.dtype}")
-    images = images.float()
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} must be finite")
-    return images
+    return check_finite(name, images.float())

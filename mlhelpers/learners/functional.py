@@ -1,23 +1,9 @@
-"""Parameter plumbing shared by the gradient-based learners: one inner loop, two ways to batch tasks.
+"""What the gradient-based learners share (Chapter 3): the inner loop :func:`sgd_steps`, batching
+over tasks (:func:`map_tasks`), norms as plain tensor operations (:func:`with_plain_norms`) and the
+refusal of running statistics (:func:`check_no_running_stats`).
 
-Chapter 2 writes meta-learning as a bilevel problem; Chapter 3 builds MAML from scratch on
-``torch.func``. The pieces here are what MAML, Meta-SGD, ANIL and Reptile have in common:
-
-- :func:`sgd_steps`: the inner loop, ``phi <- phi - lr * grad L_support(phi)`` for ``steps`` steps,
-  with fixed or learned (Meta-SGD) learning rates, keeping the graph of the inner gradients for
-  second-order meta-gradients (``create_graph=True``) or treating them as constants (first order).
-- :func:`map_tasks`: run a per-task function over a batch of tasks, either with a Python loop
-  (native modules, ``torch.autograd.grad``) or with ``torch.func.vmap`` (``torch.func.grad``).
-- :func:`with_plain_norms`: a copy of a module, sharing its parameters, whose batch, instance and
-  layer norms run as plain tensor operations, because PyTorch's fused kernels give wrong
-  second-order gradients under ``vmap``.
-- :func:`shallow_replica`: new module objects over the same parameters (for threads and the above).
-- :func:`check_no_running_stats`: refuse norm layers whose running statistics would leak
-  between tasks.
-
-Fast weights are plain dicts ``name -> tensor`` (a subset of ``model.named_parameters()``),
-used with ``torch.func.functional_call``; batched over tasks they get a leading ``[tasks]``
-dimension.
+Fast weights are plain dicts ``name -> tensor`` (a subset of ``model.named_parameters()``) for
+``torch.func.functional_call``; batched over tasks they get a leading ``[tasks]`` dimension.
 """
 
 from __future__ import annotations
@@ -58,12 +44,8 @@ def resolve_strategy(strategy: str, device: torch.device) -> str:
 
 
 def check_no_running_stats(model: nn.Module) -> None:
-    """Raise a ValueError if a norm layer of ``model`` keeps running statistics.
-
-    Running statistics (``track_running_stats=True``) are buffers that every forward pass in
-    training mode updates *in place*, even inside ``functional_call``: the support set of one task
-    would shift the statistics that the next task (and evaluation) normalise with, so information
-    leaks between tasks and the inner loop is no longer a function of the parameters alone.
+    """Raise a ValueError if a norm layer of ``model`` keeps running statistics: every forward pass
+    updates them in place, so one task's support set would leak into the next task and into evaluation.
     """
     for name, module in model.named_modules():
         if isinstance(module, _NormBase) and module.track_running_stats:
@@ -137,11 +119,9 @@ def _plain(module: nn.Module) -> PlainNorm | None:
 def with_plain_norms(module: M) -> M:
     """A :func:`shallow_replica` of ``module`` whose batch/instance/layer norms are :class:`PlainNorm`.
 
-    The same function of the same parameters; ``module`` itself is left alone. Why (Chapter 3):
-    measured with torch 2.14 in float64, under ``vmap`` the second-order meta-gradient through
-    PyTorch's fused batch, instance and layer norm kernels is off by 0.1-5% (group norm is
-    right, and so are first-order gradients), while the same formulas as means and products are
-    exact. Norms with running statistics are refused earlier (:func:`check_no_running_stats`).
+    The same function of the same parameters; ``module`` is left alone. Under ``vmap`` PyTorch's fused
+    norm kernels give wrong second-order gradients (measured in ``bench/README.md``, Chapter 3); the
+    same formulas as means and products are exact.
     """
     replica = shallow_replica(module)
     for parent in list(replica.modules()):

@@ -1,12 +1,8 @@
 """In-context learning: a small causal transformer that adapts by reading, not by gradient steps. Chapter 5.
 
-The support set and a query become one token sequence (:mod:`mlhelpers.sequences`)::
-
-    x_1, y_1, x_2, y_2, ..., x_k, y_k, x_query   ->   read-in -> causal transformer -> read-out
-
-and the output at the query's ``x`` token is the prediction. Nothing is fitted per task: all the
-"learning" happens inside the forward pass, with weights meta-trained on many tasks (Garg et al.
-2022 for linear regression; the same model reads Omniglot episodes through a conv encoder).
+The support set and a query become one token sequence (:mod:`mlhelpers.sequences`) and the output
+at the query's ``x`` token is the prediction: nothing is fitted per task, the "learning" happens in
+the forward pass of weights meta-trained on many tasks (Garg et al. 2022).
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ from mlhelpers.sequences import (
 )
 from mlhelpers.config import module_device
 from mlhelpers.tasks import Task, check_task
-from mlhelpers.validation import check_positive_int, check_tensor, describe
+from mlhelpers.validation import check_number, check_positive_int, check_tensor, describe
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,7 +103,7 @@ class CausalTransformer(nn.Module):
         check_positive_int("n_heads", n_heads)
         d_ff = 4 * d_model if d_ff is None else check_positive_int("d_ff", d_ff)
         self.max_len = check_positive_int("max_len", max_len)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if check_number("dropout", dropout, minimum=0.0) >= 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.position = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.position.weight, std=0.02)
@@ -139,36 +135,26 @@ class InContextState(NamedTuple):
 class InContextLearner(MetaLearner):
     """A causal transformer reading ``x_1, y_1, ..., x_k, y_k, x_query`` (Garg et al. 2022).
 
-    Pipeline: ``encoder`` (images -> feature vectors; identity for vector inputs) -> tokens of width
-    ``W`` (layout in :mod:`mlhelpers.sequences`) -> ``read_in`` ``Linear(W, d_model)`` -> ``transformer``
-    -> ``read_out`` ``Linear(d_model, out)`` at the query's ``x`` token. Because inputs and labels
-    occupy different coordinates of a token (classification) or different positions (regression,
-    Garg's ``[y, 0, ..., 0]``), the one read-in acts as both the input encoder and the label encoder.
-
-    :meth:`adapt` only encodes and stores the support set (``needs_grad_to_adapt = False``);
-    :meth:`predict` builds one sequence per query (``[tasks * n_query, 2k + 1, W]``, so a query never
-    sees its own label or the other queries) and returns ``[tasks, n_query, out]``: ``out`` regression
-    outputs, or ``n_way`` logits. :meth:`prefix_predictions` gives the in-context learning curve.
+    ``encoder`` (images -> features; identity for vectors) -> tokens of width ``W``
+    (:mod:`mlhelpers.sequences`) -> ``read_in`` -> ``transformer`` -> ``read_out`` at the query's
+    ``x`` token. :meth:`adapt` only encodes the support set; :meth:`predict` builds one sequence per
+    query and returns ``[tasks, n_query, out]`` (regression outputs or ``n_way`` logits);
+    :meth:`prefix_predictions` gives the in-context learning curve.
 
     Args:
         in_features: features of one input vector, or of the ``encoder``'s output.
         n_way: None for regression (float targets ``[tasks, n, out_features]``), else the number of
-            classes (integer labels ``0 .. n_way - 1``), fixed at construction.
+            classes (integer labels ``0 .. n_way - 1``).
         out_features: regression outputs (leave at 1 for classification).
-        encoder: maps ``[batch, *x_shape]`` to ``[batch, in_features]`` (e.g.
-            :func:`~mlhelpers.models.conv4` without head for Omniglot); None: inputs are already
-            ``[tasks, n, in_features]`` vectors.
-        d_model, n_layers, n_heads, d_ff, max_len, dropout: of the :class:`CausalTransformer`.
-            ``max_len`` must be at least ``2k + 1`` for ``k`` support examples.
+        encoder: ``[batch, *x_shape] -> [batch, in_features]`` (e.g. :func:`~mlhelpers.models.conv4`
+            without head); None: inputs are already ``[tasks, n, in_features]`` vectors.
+        d_model, n_layers, n_heads, d_ff, max_len, dropout: of the :class:`CausalTransformer`
+            (``max_len >= 2k + 1`` for ``k`` support examples).
         loss_on_all_positions: :meth:`meta_loss` also scores the prediction of every support label
-            from the examples before it (Garg's training objective: the model learns for every
-            context length ``0 .. k``, not only ``k``), averaged with the query losses over the
-            ``k + n_query`` predictions of each task. Default False: query loss only. Interleaved
-            layout only.
-        layout: ``"interleaved"`` (Garg's ``x_1, y_1, ..., x_k, y_k, x_query``, ``2k + 1`` tokens)
-            or ``"paired"`` (one token per example, ``[x_i | y_i]``, then ``[x_query | 0]``:
-            ``k + 1`` tokens, as memory-augmented networks and SNAIL read them; see
-            :mod:`mlhelpers.sequences`). :meth:`prefix_predictions` needs the interleaved layout.
+            from the examples before it (Garg's objective), averaged with the query losses.
+            Interleaved layout only.
+        layout: ``"interleaved"`` (``2k + 1`` tokens) or ``"paired"`` (``[x_i | y_i]`` tokens, then
+            ``[x_query | 0]``: ``k + 1`` tokens); see :mod:`mlhelpers.sequences`.
     """
 
     needs_grad_to_adapt = False
@@ -313,7 +299,5 @@ class InContextLearner(MetaLearner):
         query = outputs[:, :, -1]
         if not self.loss_on_all_positions:
             return task_loss(query, task.query_y)
-        if self.paired:
-            raise ValueError("loss_on_all_positions needs layout='interleaved': a paired token holds its own label")
         prefix = outputs[:, 0, x_positions(task.n_support).to(outputs.device)]  # [T, k, out]
         return task_loss(torch.cat([prefix, query], dim=1), torch.cat([task.support_y, task.query_y], dim=1))

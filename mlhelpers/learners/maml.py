@@ -1,46 +1,20 @@
 """MAML and its relatives: learn an initialisation that a few gradient steps adapt to a task.
 
-Chapter 2 derives the bilevel problem and its meta-gradient; Chapter 3 builds MAML from scratch
-with ``torch.func.functional_call`` and measures the strategies below. The learners wrap any
-``nn.Module`` and work for regression (MSE) and classification (cross-entropy), chosen by the
-label dtype (:func:`~mlhelpers.learners.base.task_loss`):
+Chapter 2 derives the bilevel problem and its meta-gradient; Chapter 3 builds MAML from scratch.
+:class:`MAML` (Finn et al. 2017), :class:`MetaSGD` (Li et al. 2017, a learned rate per weight) and
+:class:`ANIL` (Raghu et al. 2020, adapt only the head) wrap any ``nn.Module`` without running
+statistics (:func:`~mlhelpers.learners.functional.check_no_running_stats`) and share one inner loop
+(:func:`~mlhelpers.learners.functional.sgd_steps`); Reptile is in :mod:`~mlhelpers.learners.reptile`.
 
-- :class:`MAML` (Finn et al. 2017): second- or first-order meta-gradients, any number of steps.
-- :class:`MetaSGD` (Li et al. 2017): a learned learning rate for every weight.
-- :class:`ANIL` (Raghu et al. 2020): adapt only the head; the body's features are computed once.
-- :class:`~mlhelpers.learners.reptile.Reptile` (Nichol et al. 2018) lives in its own module.
+``adapt`` returns the fast weights ``name -> [tasks, *shape]`` (the adapted parameters only);
+``predict(fast, query_x)`` returns ``[tasks, n_query, out]``. In training mode the inner loop takes
+``inner_steps`` steps and keeps the inner gradients' graph unless ``first_order``; in eval mode it
+takes ``eval_inner_steps`` steps with the inner gradients as constants.
 
-All share one inner loop (:func:`~mlhelpers.learners.functional.sgd_steps`).
-``adapt(support_x, support_y)`` returns the **fast weights**: a dict ``name -> [tasks, *shape]``
-holding the adapted parameters only (all of them for MAML, the head's for ANIL, named as in
-``model.named_parameters()``); ``predict(fast, query_x)`` runs the model with them through
-``functional_call`` and returns ``[tasks, n_query, out]``. Parameters with
-``requires_grad=False`` are neither adapted nor meta-learned.
-
-Modes. In training mode adapt takes ``inner_steps`` steps and, unless ``first_order``, keeps the
-graph of the inner gradients (``create_graph=True``), so ``meta_loss(task).backward()`` gives the
-exact second-order meta-gradient. In eval mode (what :func:`~mlhelpers.evaluation.evaluate`
-uses) it takes ``eval_inner_steps`` steps (default ``inner_steps``; Finn et al. train with 1 and
-test with 10) and treats inner gradients as constants: same predictions, far less memory. Under
-``torch.no_grad()`` the fast weights are detached from the initial weights.
-
-Batching over tasks (``strategy``); all give the same meta-gradient (the tests check it):
-
-- ``"loop"``: task after task in the calling thread (native modules, ``torch.autograd.grad``);
-  each kernel may use several cores.
-- ``"threads"``: the same per-task computation, tasks spread over ``torch.get_num_threads()``
-  worker threads of one intra-op thread each (:mod:`~mlhelpers.learners.parallel`).
-  ``meta_loss`` frees each task's graph once its meta-gradient is known, so memory holds a few
-  tasks, not the batch; ``forward`` adapts and predicts each task in a worker; ``adapt`` and
-  ``predict`` called directly run as ``"loop"``. For large meta-batches or a shared machine.
-- ``"vmap"``: the whole inner loop of all tasks at once (``torch.func.vmap`` and ``grad``).
-- ``"auto"`` (default): ``"loop"`` on the CPU, ``"vmap"`` on accelerators.
-
-Normalisation (Chapter 3): norm layers with running statistics are refused (one task's support
-set would leak into the next task and into evaluation; use ``conv4(norm="task")`` or
-``norm="none"``). Under ``vmap`` the fused norm kernels give wrong second-order gradients, so a
-second-order ``"vmap"`` pass runs the norms as plain tensor operations
-(:func:`~mlhelpers.learners.functional.with_plain_norms`), which is exact.
+``strategy`` batches over tasks, all with the same meta-gradient: ``"loop"`` (task after task),
+``"threads"`` (tasks over worker threads, :mod:`~mlhelpers.learners.parallel`), ``"vmap"``
+(``torch.func.vmap``; second order runs the norms as plain tensor operations,
+:func:`~mlhelpers.learners.functional.with_plain_norms`) or ``"auto"`` (loop on the CPU, vmap elsewhere).
 """
 
 from __future__ import annotations
@@ -62,7 +36,7 @@ from mlhelpers.learners.functional import (
 )
 from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive, check_steps
+from mlhelpers.validation import check_bool, check_positive, check_positive_int, check_steps
 
 
 class GradientLearner(MetaLearner):
@@ -91,9 +65,7 @@ class GradientLearner(MetaLearner):
         self.model = model
         self.inner_steps = check_steps("inner_steps", inner_steps)
         self.eval_inner_steps = None if eval_inner_steps is None else check_steps("eval_inner_steps", eval_inner_steps)
-        if not isinstance(first_order, bool):
-            raise TypeError(f"first_order must be a bool, got {type(first_order).__name__} {first_order!r}")
-        self.first_order = first_order
+        self.first_order = check_bool("first_order", first_order)
         self.strategy = check_strategy(strategy)
 
     # --- what subclasses choose ---------------------------------------------------------------
@@ -216,9 +188,6 @@ class MAML(GradientLearner):
             query-loss gradient at the adapted weights, applied to the initial weights.
         eval_inner_steps: inner steps in eval mode (None: ``inner_steps``).
         strategy: ``"loop"``, ``"threads"``, ``"vmap"`` or ``"auto"`` (see the module docstring).
-
-    ``meta_loss(task)`` is the query loss after adaptation; its gradient is the MAML
-    meta-gradient (Chapter 2 derives it, Chapter 3 builds it).
     """
 
     def __init__(
@@ -287,10 +256,9 @@ class ANIL(GradientLearner):
             ``conv4(out_features=...)`` that is the final ``nn.Linear``).
         inner_lr, inner_steps, first_order, eval_inner_steps, strategy: as in :class:`MAML`.
 
-    The body's features of each task's support set are computed once per ``adapt`` (they do not
-    change during the inner loop, so every inner step runs only the head); the query features
-    once per ``predict``. The fast weights hold the head's parameters only. The body still gets
-    a meta-gradient, through the features (and, second order, through the inner gradients).
+    The body's features are computed once per ``adapt`` and ``predict``, so inner steps run only
+    the head; the fast weights hold the head's parameters. The body gets a meta-gradient through
+    the features.
     """
 
     def __init__(
@@ -310,7 +278,7 @@ class ANIL(GradientLearner):
             )
         super().__init__(model, inner_steps=inner_steps, first_order=first_order,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
-        if isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= len(model):
+        if check_positive_int("head", head) > len(model):
             raise ValueError(f"head must be an int between 1 and len(model)={len(model)}, got {head!r}")
         self.head = head
         self.inner_lr = check_positive("inner_lr", inner_lr)

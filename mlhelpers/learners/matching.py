@@ -1,12 +1,7 @@
 """Matching Networks (Vinyals et al. 2016): attention over the support set. Chapter 4.
 
-A query's label distribution is a weighted vote of the support labels, the weights a softmax of
-scaled cosine similarities between embeddings::
-
-    p(y = n | x) = sum_i softmax_i(s * cos(f(x), g(x_i))) * [y_i = n]
-
-Also home of :func:`support_one_hot`, the support-label check the metric learners of Chapter 4
-(:mod:`.matching`, :mod:`.relation`, :mod:`.baseline`) share.
+``p(y = n | x) = sum_i softmax_i(s * cos(f(x), g(x_i))) * [y_i = n]``. Also home of
+:func:`support_one_hot`, the support-label check the metric learners of Chapter 4 share.
 """
 
 from __future__ import annotations
@@ -65,9 +60,7 @@ class MatchingNet(MetaLearner):
     cross-entropy :func:`~mlhelpers.learners.base.task_loss` (``log_softmax`` of log-probabilities
     is the identity) is exactly the negative log-likelihood the paper minimises.
 
-    Full context embeddings (the bidirectional LSTM over the support set and the attention LSTM
-    over the query of the paper's appendix) are *not* implemented: the paper reports they matter
-    little on Omniglot.
+    Full context embeddings (the paper's LSTMs) are not implemented: they matter little on Omniglot.
 
     Args:
         backbone: any module mapping ``[batch, *x_shape]`` to features (flattened to ``[batch, D]``).

@@ -1,29 +1,17 @@
-"""Tasks in parallel threads: how the gradient-based learners use several CPU cores.
+"""Tasks in parallel threads: how the gradient-based learners use several CPU cores (Chapter 3).
 
-A meta-batch is a sum of independent per-task computations. PyTorch's usual way to use several
-cores is *intra-op* parallelism: every convolution, batch norm and pooling is split across all
-cores. For few-shot tasks those operations are small (5 support images, 75 query images), so
-the cores spend much of their time waiting for each other at the end of each operation, and far
-more so when another process shares the machine. The ``"threads"`` strategy parallelises
-*across tasks* instead: each of ``workers`` Python threads takes whole tasks, one at a time, and
-runs them with a single intra-op thread (PyTorch's kernels release the GIL, so the threads run at
-the same time). On an idle machine intra-op parallelism is as fast or faster; on a machine that
-other jobs share, tasks in threads are several times faster. Chapter 3 measures both
-(``bench/meta_step.py``).
+Few-shot operations are small, so splitting each one across cores (PyTorch's intra-op parallelism)
+spends much time waiting, more so on a shared machine. The ``"threads"`` strategy runs whole tasks
+in ``workers`` Python threads of one intra-op thread each (kernels release the GIL); Chapter 3 and
+``bench/meta_step.py`` measure both.
 
-- :func:`threaded_meta_loss`: per task, the meta-loss *and its gradient* with respect to the
-  learner's parameters are computed in a worker (``torch.autograd.grad``), and each task's graph
-  is freed as soon as its gradient is known. The returned scalar is the mean loss, and its
-  ``backward()`` delivers the mean of the precomputed gradients: the same meta-gradient as
-  ``learner.meta_loss(batch).backward()`` on the whole batch, to float rounding, with the memory of
-  ``workers`` tasks instead of all of them.
-- :func:`threaded_forward`: outputs ``[tasks, n_query, out]`` computed task by task in workers,
-  for evaluation.
+- :func:`threaded_meta_loss`: each task's meta-loss and its gradient are computed in a worker and
+  its graph freed at once; ``backward()`` on the returned mean delivers the mean gradient (the
+  same meta-gradient, with the memory of ``workers`` tasks).
+- :func:`threaded_forward`: outputs ``[tasks, n_query, out]`` computed task by task in workers.
 
-``torch.func.functional_call`` substitutes fast weights by swapping attributes of the module
-objects, which two threads must not do on the same module; so every worker runs its own
-:func:`~mlhelpers.learners.functional.shallow_replica` of the learner: new module objects that share the original's parameter
-and buffer tensors, so that gradients still reach the original parameters.
+Every worker runs its own :func:`~mlhelpers.learners.functional.shallow_replica` of the learner
+(``functional_call`` swaps module attributes, which two threads must not do on one module).
 """
 
 from __future__ import annotations

@@ -57,17 +57,11 @@ def refine_prototypes(
 ) -> Tensor:
     """Soft k-means on the query set (Ren et al. 2018): ``steps`` refinements of the prototypes.
 
-    Each step takes every query's class probabilities ``w[t, q, n]`` under the current prototypes
-    and moves prototype ``n`` to the weighted mean of its support embeddings (``counts[t, n]`` of
-    them, whose mean is the prototype) and the queries:
-    ``p_n <- (counts_n * p_n + sum_q w_qn z_q) / (counts_n + sum_q w_qn)``.
-
-    Args:
-        prototypes: ``[..., tasks, n_way, D]`` (leading dims, e.g. ensemble members, broadcast).
-        counts: ``[tasks, n_way]`` support examples per class.
-        queries: ``[..., tasks, n_query, D]`` query embeddings.
-        probabilities: ``(prototypes, queries) -> [tasks, n_query, n_way]`` class probabilities.
-        steps: refinements (0 returns ``prototypes``).
+    Each step moves prototype ``n`` to the weighted mean of its ``counts[t, n]`` support embeddings
+    and the queries, ``p_n <- (counts_n * p_n + sum_q w_qn z_q) / (counts_n + sum_q w_qn)``, with
+    ``w = probabilities(prototypes, queries)`` ``[tasks, n_query, n_way]``. ``prototypes``
+    ``[..., tasks, n_way, D]`` and ``queries`` ``[..., tasks, n_query, D]`` (leading dims such as
+    ensemble members broadcast); ``steps = 0`` returns ``prototypes``.
     """
     check_steps("steps", steps)
     for _ in range(steps):
@@ -131,15 +125,9 @@ class PrototypeLearner(MetaLearner):
 class ProtoNet(PrototypeLearner):
     """Logits are negative squared Euclidean distances from query embeddings to class prototypes.
 
-    Args:
-        backbone: any module mapping ``[batch, *x_shape]`` to ``[batch, D]`` features.
-        transductive_steps: soft k-means refinements of the prototypes with the task's query
-            embeddings in ``forward`` (0, the default: the inductive ProtoNet of Snell et al.).
-
-    ``adapt`` returns the prototypes ``[tasks, n_way, D]``; ``predict`` returns logits
-    ``[tasks, n_query, n_way]``. The number of ways is read from the support labels (0..N-1).
-    ``adapt`` and ``predict`` are always inductive; ``forward(task)`` (what evaluation and
-    ``meta_loss`` call) refines the prototypes first when ``transductive_steps > 0``.
+    ``backbone`` maps ``[batch, *x_shape]`` to ``[batch, D]`` features; ``transductive_steps``
+    (default 0: the inductive ProtoNet of Snell et al.) refines the prototypes in ``forward`` as
+    described in :class:`PrototypeLearner`.
     """
 
     def __init__(self, backbone: nn.Module, transductive_steps: int = 0) -> None:

@@ -1,23 +1,12 @@
 """Reptile (Nichol et al. 2018): move the initialisation towards the weights each task adapts to.
 
-Per task, ``inner_steps`` steps of plain SGD (full batch, fixed ``inner_lr``) from the initial
-weights ``theta`` give adapted weights ``phi_i``; the meta-update is
-``theta <- theta + eps * (mean_i phi_i - theta)``. No gradient flows through the inner loop: it is
-first order by construction (Chapter 3 compares it with first-order MAML).
-
-:meth:`Reptile.batch_meta_loss` (what ``meta_loss`` computes) is a *surrogate* built for the shared training loop: its gradient with
-respect to ``theta`` is exactly ``theta - mean_i phi_i``, so
-``meta_train(..., optimizer=torch.optim.SGD(learner.parameters(), lr=eps))`` performs the Reptile
-update with outer step size ``eps`` (Nichol et al. anneal ``eps`` from 1; an Adam outer
-optimiser, the default of ``meta_train``, uses this same direction with Adam's step sizes). Its
-*value* is the query loss after adaptation, so training curves stay meaningful.
-
-Choices, documented: the inner loop uses plain SGD, not Adam as Nichol et al. do for
-classification, so that ``phi_i`` is the same inner loop as MAML's; each step uses the whole
-support set (no mini-batches). With ``use_query=False`` (default) the inner loop sees only the
-support set, as at evaluation time; ``use_query=True`` trains it on support and query together,
-as the original, which adapts on all of a task's data. Evaluation (``adapt``/``predict``)
-fine-tunes on the support set for ``eval_inner_steps`` steps, as in :class:`~mlhelpers.learners.maml.MAML`.
+Per task, ``inner_steps`` steps of plain full-batch SGD (MAML's inner loop, where Nichol et al. use
+Adam) from ``theta`` give ``phi_i``; the meta-update is ``theta <- theta + eps * (mean_i phi_i -
+theta)``, first order by construction (Chapter 3 compares it with first-order MAML).
+:meth:`Reptile.batch_meta_loss` is a surrogate whose gradient is exactly ``theta - mean_i phi_i``
+and whose value is the query loss after adaptation, so ``meta_train(...,
+optimizer=torch.optim.SGD(learner.parameters(), lr=eps))`` performs the Reptile update.
+``use_query=True`` also adapts on the query set during meta-training, as the original does.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ from torch import Tensor, nn
 from mlhelpers.learners.base import task_loss
 from mlhelpers.learners.maml import GradientLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive
+from mlhelpers.validation import check_bool, check_positive
 
 
 class Reptile(GradientLearner):
@@ -55,9 +44,7 @@ class Reptile(GradientLearner):
         super().__init__(model, inner_steps=inner_steps, first_order=True,
                          eval_inner_steps=eval_inner_steps, strategy=strategy)
         self.inner_lr = check_positive("inner_lr", inner_lr)
-        if not isinstance(use_query, bool):
-            raise TypeError(f"use_query must be a bool, got {type(use_query).__name__} {use_query!r}")
-        self.use_query = use_query
+        self.use_query = check_bool("use_query", use_query)
 
     def batch_meta_loss(self, task: Task) -> Tensor:
         """Surrogate: value = query loss after adaptation, gradient = ``theta - mean_i phi_i``."""

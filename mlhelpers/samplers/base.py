@@ -2,7 +2,6 @@
 
 A sampler owns a seeded ``torch.Generator`` (so a run is reproducible and can be resumed from its
 :meth:`TaskSampler.state_dict`) and returns a batched :class:`~mlhelpers.tasks.Task` on its device.
-:class:`SamplerWrapper` is the base of samplers that transform another sampler's batches.
 """
 
 from __future__ import annotations
@@ -56,31 +55,6 @@ class TaskSampler(ABC):
         if not isinstance(generator, Tensor) or generator.dtype != torch.uint8:
             raise ValueError(f"state must be a sampler state_dict {{'generator': uint8 tensor}}, got {describe(state)}")
         self.generator.set_state(generator)
-
-
-class SamplerWrapper(TaskSampler):
-    """A sampler that transforms the batches of an inner ``sampler`` with its own generator.
-
-    It lives on the inner sampler's device; its state holds both random states
-    (``{"generator": ..., "inner": sampler.state_dict()}``), so training resumes exactly.
-    """
-
-    def __init__(self, sampler: TaskSampler, seed: int | None = None) -> None:
-        if not isinstance(sampler, TaskSampler):
-            raise TypeError(f"sampler must be a TaskSampler, got {type(sampler).__name__}")
-        super().__init__(seed, sampler.device)
-        self.sampler = sampler
-
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "inner": self.sampler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or "inner" not in state:
-            raise ValueError(
-                f"state must be a wrapped sampler's state_dict {{'generator': ..., 'inner': ...}}, got {describe(state)}"
-            )
-        super().load_state_dict(state)
-        self.sampler.load_state_dict(state["inner"])
 
 
 def split_support_query(x: Tensor, y: Tensor, k_shot: int, info: dict[str, Tensor]) -> Task:

@@ -49,8 +49,7 @@ class EpisodicSampler(TaskSampler):
         seed: seeds this sampler's generator (None: fresh entropy).
         device: where the batches are put.
 
-    ``info`` holds ``classes`` and ``rotations`` ``[tasks, n_way]`` and the dataset indices
-    ``support_index`` ``[tasks, n_way * k_shot]`` and ``query_index`` ``[tasks, n_way * q_query]``.
+    ``info``: ``classes``, ``rotations`` ``[tasks, n_way]``, dataset indices ``support_index``, ``query_index``.
     """
 
     def __init__(

@@ -1,25 +1,11 @@
 """Cold-start recommendation as a task family: each user is a task (Chapter 7).
 
-:class:`RatingTasks` generates users and their ratings from a documented *latent taste* model, so
-the chapter runs without downloads and knows the truth it is trying to recover:
-
-- a fixed catalogue of ``n_items`` items (drawn once from ``catalogue_seed``), item ``j`` with a
-  taste vector ``v_j ~ N(0, I_dim)`` and a popularity ``b_j ~ N(0, 1)``;
-- each user (task) has a taste vector ``u ~ N(0, I_dim)``, drawn from the sampler's own generator;
-- user ``u`` rates item ``j`` ``r = 1 + 4 sigmoid(u . v_j + b_j + eps)``, ``eps ~ N(0, noise_std^2)``,
-  a number in (1, 5) like a star rating.
-
-A model sees the item's features ``x_j = (v_j, b_j)`` (in a real system: genres, tags, a
-popularity count), never the user's ``u``: it has to infer the user's tastes from the few items
-the user rated. That is the *cold-start* problem of MeLU (Lee et al. 2019)::
-
-    support_x [tasks, k_shot, dim + 1]    support_y [tasks, k_shot, 1]   (ratings 1..5)
-    query_x   [tasks, q_query, dim + 1]   query_y   [tasks, q_query, 1]
-
-``info`` holds ``user`` ``[tasks, dim]`` and ``items`` ``[tasks, k_shot + q_query]`` (catalogue
-indices, distinct within a user).
-
-Real ratings: :func:`mlhelpers.data.ratings.load_movielens`.
+A fixed catalogue (from ``catalogue_seed``) gives item ``j`` a taste ``v_j ~ N(0, I_dim)`` and a
+popularity ``b_j ~ N(0, 1)``; a user ``u ~ N(0, I_dim)`` rates it ``1 + 4 sigmoid(u . v_j + b_j +
+eps)``. A model sees ``x_j = (v_j, b_j)``, never ``u``: it infers the user's tastes from the few
+items rated (MeLU, Lee et al. 2019). ``support_x`` ``[tasks, k_shot, dim + 1]``, ``support_y``
+``[tasks, k_shot, 1]``; ``info`` holds ``user`` and ``items``. Real ratings:
+:func:`mlhelpers.data.ratings.load_movielens`.
 """
 
 from __future__ import annotations
