@@ -11,7 +11,7 @@ each edge and :class:`FixedNetwork` retrains it from scratch.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +31,8 @@ class Zero(nn.Module):
 
 def _conv(channels: int, kernel: int, dilation: int = 1) -> nn.Module:
     padding = dilation * (kernel - 1) // 2
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, kernel, padding=padding, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
+    conv = nn.Conv2d(channels, channels, kernel, padding=padding, dilation=dilation, bias=False)
+    return nn.Sequential(nn.ReLU(), conv, nn.BatchNorm2d(channels, affine=False, track_running_stats=False))
 
 
 OPERATIONS: dict[str, Callable[[int], nn.Module]] = {
@@ -112,8 +112,9 @@ def _wire(x: Tensor, nodes: int, edge: Callable[[int, Tensor], Tensor]) -> Tenso
 
 def _stem(in_channels: int, hidden_channels: int) -> nn.Module:
     """3x3 conv to ``hidden_channels`` and a parameter-free BatchNorm: the first layer of both networks."""
-    conv = nn.Conv2d(check_positive_int("in_channels", in_channels), check_positive_int("hidden_channels", hidden_channels),
-                     3, padding=1, bias=False)
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("hidden_channels", hidden_channels)
+    conv = nn.Conv2d(in_channels, hidden_channels, 3, padding=1, bias=False)
     return nn.Sequential(conv, nn.BatchNorm2d(hidden_channels, affine=False, track_running_stats=False))
 
 
@@ -145,7 +146,9 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: Tensor, alphas: Tensor) -> Tensor:
         if alphas.shape != self.alpha_shape:
-            raise ValueError(f"alphas must have shape {self.alpha_shape} (edges, operations), got {tuple(alphas.shape)}")
+            raise ValueError(
+                f"alphas must have shape {self.alpha_shape} (edges, operations), got {tuple(alphas.shape)}"
+            )
         weights = F.softmax(alphas, dim=-1)
         h = self.stem(x)
         for cell in self.cells:

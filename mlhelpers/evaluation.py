@@ -9,8 +9,8 @@ shows ``97.31% ± 0.42% (600 episodes)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -94,9 +94,13 @@ def evaluate(
     check_positive_int("num_episodes", num_episodes)
     check_positive_int("batch_size", batch_size)
     if not isinstance(learner, nn.Module) or not callable(getattr(learner, "adapt", None)):
-        raise TypeError(f"learner must be a MetaLearner (an nn.Module with adapt/predict), got {type(learner).__name__}")
+        raise TypeError(
+            f"learner must be a MetaLearner (an nn.Module with adapt/predict), got {type(learner).__name__}"
+        )
     if not callable(getattr(sampler, "sample", None)):
-        raise TypeError(f"sampler must be a TaskSampler (with a sample(num_tasks) method), got {type(sampler).__name__}")
+        raise TypeError(
+            f"sampler must be a TaskSampler (with a sample(num_tasks) method), got {type(sampler).__name__}"
+        )
     device = module_device(learner)
     grad = torch.enable_grad() if learner.needs_grad_to_adapt else torch.no_grad()
     was_training = learner.training

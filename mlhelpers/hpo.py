@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import optuna
 import torch

@@ -1,8 +1,11 @@
-"""Backbones the chapters use (Chapter 1): the standard 4-block conv net and an MLP. Any ``nn.Module`` works with the learners."""
+"""Backbones the chapters use (Chapter 1): the standard 4-block conv net and an MLP.
+
+Any ``nn.Module`` works with the learners."""
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from torch import nn
 

@@ -7,7 +7,7 @@ Every function returns its Figure or Axes and never calls ``plt.show()``. Graysc
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -119,7 +119,9 @@ def plot_learning_curves(history, ax: Axes | None = None, smoothing: int = 50) -
 
     runs = {"": history} if isinstance(history, History) else history
     if not isinstance(runs, Mapping) or not runs or not all(isinstance(h, History) for h in runs.values()):
-        raise TypeError(f"history must be a History or a non-empty dict of name -> History, got {type(history).__name__}")
+        raise TypeError(
+            f"history must be a History or a non-empty dict of name -> History, got {type(history).__name__}"
+        )
     check_positive_int("smoothing", smoothing)
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4), layout="constrained")
@@ -210,12 +212,15 @@ def plot_regression_tasks(
         with torch.no_grad():
             truth = true_fn(grid, shown)
         if tuple(truth.shape) != (n, 200, 1):
-            raise ValueError(f"true_fn must return [n, G, 1] = {(n, 200, 1)} for a grid x [n, G, 1], got {tuple(truth.shape)}")
+            raise ValueError(
+                f"true_fn must return [n, G, 1] = {(n, 200, 1)} for a grid x [n, G, 1], got {tuple(truth.shape)}"
+            )
     for t, ax in enumerate(axes.flat[:n]):
         if grid is not None:
             ax.plot(_numpy(grid[t, :, 0]), _numpy(truth[t, :, 0]), color="0.4", linewidth=1.2, label="true function")
         qx, order = shown.query_x[t, :, 0].sort()
-        ax.scatter(_numpy(qx), _numpy(shown.query_y[t, order, 0]), s=14, facecolors="none", edgecolors="tab:blue", label="query")
+        ax.scatter(_numpy(qx), _numpy(shown.query_y[t, order, 0]), s=14, facecolors="none", edgecolors="tab:blue",
+                   label="query")
         for (label, p), color in zip(predictions.items(), _PREDICTION_COLORS * len(predictions)):
             ax.plot(_numpy(qx), _numpy(p[t, order, 0]), color=color, linewidth=1.6, label=label)
         ax.scatter(_numpy(shown.support_x[t, :, 0]), _numpy(shown.support_y[t, :, 0]), s=28, color="tab:red", zorder=3,

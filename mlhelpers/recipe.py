@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.samplers.episodic import EpisodicSampler
-from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.learners.protonet import ProtoNet
 from mlhelpers.models import conv4
+from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.seeding import seed_everything
 from mlhelpers.training import meta_train
 

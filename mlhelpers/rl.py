@@ -15,8 +15,8 @@ the parameters) and :func:`adapt_policy` (MAML's inner loop for RL). Per-task pa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +80,9 @@ class PointNavigation:
 class GaussianPolicy(nn.Module):
     """``a ~ N(mlp(position), diag(exp(log_std))^2)``: a Gaussian MLP policy, as in Finn et al. (2017)."""
 
-    def __init__(self, obs_dim: int = 2, act_dim: int = 2, hidden: Sequence[int] = (64, 64), init_std: float = 0.5) -> None:
+    def __init__(
+        self, obs_dim: int = 2, act_dim: int = 2, hidden: Sequence[int] = (64, 64), init_std: float = 0.5
+    ) -> None:
         super().__init__()
         self.mean = mlp(obs_dim, act_dim, hidden, activation=nn.Tanh)
         init_std = check_positive("init_std", init_std)
@@ -109,7 +111,8 @@ def distribution(policy: nn.Module, obs: Tensor, params: Params | None = None) -
 
 @dataclass
 class Trajectories:
-    """Episodes of a batch of tasks: ``observations`` and ``actions`` ``[tasks, episodes, horizon, 2]``, ``rewards`` ``[tasks, episodes, horizon]``."""
+    """Episodes of a batch of tasks: ``observations`` and ``actions`` ``[tasks, episodes, horizon, 2]``,
+    ``rewards`` ``[tasks, episodes, horizon]``."""
 
     observations: Tensor
     actions: Tensor
@@ -122,7 +125,11 @@ class Trajectories:
 
 @torch.no_grad()
 def rollout(
-    policy: nn.Module, env: PointNavigation, num_episodes: int, generator: torch.Generator, params: Params | None = None,
+    policy: nn.Module,
+    env: PointNavigation,
+    num_episodes: int,
+    generator: torch.Generator,
+    params: Params | None = None,
     deterministic: bool = False,
 ) -> Trajectories:
     """Run ``num_episodes`` episodes per task of ``env`` with ``policy`` (per-task ``params`` if given).

@@ -11,8 +11,9 @@ classes), moved between devices with the rest. Every learner runs :func:`check_t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,7 +49,9 @@ class Task:
                 )
         for key, value in self.info.items():
             if not isinstance(value, Tensor) or value.dim() < 1:
-                raise TypeError(f"Task.info[{key!r}] must be a tensor with a leading [tasks] dimension, got {describe(value)}")
+                raise TypeError(
+                    f"Task.info[{key!r}] must be a tensor with a leading [tasks] dimension, got {describe(value)}"
+                )
         n = self.support_x.shape[0]
         for name, value in list(parts.items()) + [(f"info[{k!r}]", v) for k, v in self.info.items()]:
             if value.shape[0] != n:
@@ -88,16 +91,16 @@ class Task:
     def n_query(self) -> int:
         return self.query_x.shape[1]
 
-    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Task":
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> Task:
         """The batch with ``fn`` applied to each of its tensors (the four sets and ``info``)."""
         return Task(fn(self.support_x), fn(self.support_y), fn(self.query_x), fn(self.query_y),
                     {k: fn(v) for k, v in self.info.items()})
 
-    def to(self, device: torch.device | str) -> "Task":
+    def to(self, device: torch.device | str) -> Task:
         """A copy of the batch on ``device`` (no copy if it is already there)."""
         return self._apply(lambda t: t.to(device))
 
-    def __getitem__(self, index: int | slice | Tensor) -> "Task":
+    def __getitem__(self, index: int | slice | Tensor) -> Task:
         """The sub-batch ``index`` (an int keeps the leading dimension, with size 1)."""
         if isinstance(index, int):
             if not -len(self) <= index < len(self):
@@ -111,7 +114,7 @@ class Task:
             yield self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i]
 
     @staticmethod
-    def cat(tasks: list["Task"]) -> "Task":
+    def cat(tasks: list[Task]) -> Task:
         """Concatenate batches along the task dimension."""
         if not tasks:
             raise ValueError("Task.cat needs at least one batch, got an empty list")

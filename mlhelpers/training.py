@@ -57,7 +57,7 @@ class History:
         return {k: list(v) if isinstance(v, list) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any]) -> "History":
+    def from_dict(cls, state: dict[str, Any]) -> History:
         """The inverse of :meth:`to_dict`; a ValueError names unknown keys."""
         unknown = set(state) - set(cls.__dataclass_fields__)
         if unknown:
@@ -236,9 +236,10 @@ def _train_step(
     learner: nn.Module, batch: Any, optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     grad_clip: float | None, where: tuple[int, Path | None, int | None],
 ) -> float:
-    """One optimizer step on ``batch`` (moved to the parameters' device); return the loss. A non-finite loss or clipped gradient norm
-    stops it before the optimizer step with a RuntimeError naming ``where``: (step, checkpoint path,
-    step of the last checkpoint saved)."""
+    """One optimizer step on ``batch`` (moved to the parameters' device); return the loss.
+
+    A non-finite loss or clipped gradient norm stops it before the optimizer step with a RuntimeError
+    naming ``where``: (step, checkpoint path, step of the last checkpoint saved)."""
     if batch.device != params[0].device:
         batch = batch.to(params[0].device)
     optimizer.zero_grad(set_to_none=True)

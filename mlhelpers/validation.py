@@ -70,7 +70,9 @@ def describe(value: Any) -> str:
     """A short description for error messages: ``"a tensor of shape (2, 3) and dtype torch.float32"``."""
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}" if isinstance(value, (int, float, str, bool)) else f"a {type(value).__name__}"
+    if isinstance(value, (int, float, str, bool)):
+        return f"{type(value).__name__} {value!r}"
+    return f"a {type(value).__name__}"
 
 
 def transformed() -> bool:
@@ -164,7 +166,10 @@ def check_support(support_x: Any, support_y: Any) -> None:
             f"got support_x {tuple(support_x.shape)} and support_y {tuple(support_y.shape)}"
         )
     if support_x.shape[1] < 1:
-        raise ValueError(f"support_x must hold at least one example per task, got an empty support set of shape {tuple(support_x.shape)}")
+        raise ValueError(
+            "support_x must hold at least one example per task, got an empty support set of shape "
+            f"{tuple(support_x.shape)}"
+        )
     check_same_device(support_x=support_x, support_y=support_y)
     check_floating("support_x", support_x)
     check_finite("support_x", support_x)

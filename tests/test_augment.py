@@ -7,8 +7,8 @@ import torch
 
 from conftest import make_dataset
 from mlhelpers.data.augment import affine, affine_matrix, random_affine, shifted_copies
-from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 
 
 def test_identity_map_leaves_images_unchanged():

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-
 def affine(x: Tensor, theta: Tensor) -> Tensor:
     """Warp images ``x`` ``[..., C, H, W]`` with affine maps ``theta`` ``[..., 2, 3]``.
 

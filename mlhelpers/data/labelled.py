@@ -56,8 +56,9 @@ class LabelledDataset:
                 f"labels must lie in 0..{n_classes - 1} (one per class name), "
                 f"got {int(self.labels.min())}..{int(self.labels.max())}"
             )
-        if self.class_groups is not None and (not isinstance(self.class_groups, Tensor) or self.class_groups.dtype != torch.int64):
-            raise TypeError(f"class_groups must be an int64 tensor [num_classes] or None, got {describe(self.class_groups)}")
+        groups = self.class_groups
+        if groups is not None and (not isinstance(groups, Tensor) or groups.dtype != torch.int64):
+            raise TypeError(f"class_groups must be an int64 tensor [num_classes] or None, got {describe(groups)}")
         if self.class_groups is not None and len(self.class_groups) != n_classes:
             raise ValueError(f"class_groups has {len(self.class_groups)} entries for {n_classes} classes")
         seen: dict[int, str] = {}

@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -179,7 +180,7 @@ def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _asset_file() -> "Traversable":
+def _asset_file() -> Traversable:
     """The shipped ``omniglot_small.npz`` (tests point this elsewhere)."""
     return files("mlhelpers.data").joinpath(_ASSET)
 

@@ -10,8 +10,8 @@ from mlhelpers.learners.base import MetaLearner, task_loss, task_metric
 from mlhelpers.learners.baseline import NearestCentroid, feature_mean
 from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.learners.incontext import CausalTransformer, InContextLearner, InContextState
-from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.maml import ANIL, MAML, GradientLearner, MetaSGD
+from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.protonet import ProtoNet, class_prototypes, refine_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.learners.reptile import Reptile

@@ -10,7 +10,6 @@ matches Chen et al.'s fine-tuned linear head without gradient steps (so that is 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -23,7 +22,7 @@ from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.protonet import class_prototypes, negative_squared_distances
 from mlhelpers.samplers.episodic import ROTATIONS
 from mlhelpers.samplers.examples import split_examples
-from mlhelpers.validation import check_positive, check_positive_int
+from mlhelpers.validation import check_positive_int
 
 Normalise = Literal["l2", "cl2n"] | None
 

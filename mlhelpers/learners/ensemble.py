@@ -17,6 +17,7 @@ from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.protonet import PrototypeLearner, negative_squared_distances
 from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_steps, check_tensor
 
+
 class EnsembleProtoNet(PrototypeLearner):
     """Prototypical Networks averaged over backbones and (optionally) shifted views of each image.
 

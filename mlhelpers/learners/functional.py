@@ -9,7 +9,8 @@ Fast weights are plain dicts ``name -> tensor`` (a subset of ``model.named_param
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn

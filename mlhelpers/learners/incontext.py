@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from mlhelpers.config import module_device
 from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.sequences import (
     input_tokens,
@@ -23,7 +24,6 @@ from mlhelpers.sequences import (
     token_width,
     x_positions,
 )
-from mlhelpers.config import module_device
 from mlhelpers.tasks import Task, check_task
 from mlhelpers.validation import check_number, check_positive_int, check_tensor, describe
 
@@ -256,7 +256,9 @@ class InContextLearner(MetaLearner):
         return InContextState(self.encode(support_x, "support_x"), y_tokens)
 
     def _query_outputs(self, adapted: InContextState, query_x: Tensor) -> Tensor:
-        """Outputs at every position of every query sequence: ``[tasks, n_query, L, out]``, ``L = 2k + 1`` or ``k + 1``."""
+        """Outputs at every position of every query sequence: ``[tasks, n_query, L, out]``.
+
+        ``L = 2k + 1`` (one token per input and one per label) or ``k + 1`` (paired layout)."""
         query_tokens = self.encode(query_x, "query_x")
         if query_tokens.shape[0] != adapted.x_tokens.shape[0]:
             raise ValueError(

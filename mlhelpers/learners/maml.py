@@ -19,7 +19,7 @@ takes ``eval_inner_steps`` steps with the inner gradients as constants.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +127,9 @@ class GradientLearner(MetaLearner):
         create_graph = track and self.training and not self.first_order
         return self.inner_loop(support_x, support_y, steps=self.steps, create_graph=create_graph, track=track)
 
-    def inner_loop(self, support_x: Tensor, support_y: Tensor, *, steps: int, create_graph: bool, track: bool) -> Params:
+    def inner_loop(
+        self, support_x: Tensor, support_y: Tensor, *, steps: int, create_graph: bool, track: bool
+    ) -> Params:
         """The inner loop of every task of ``[tasks, n, ...]`` inputs and targets, checked already.
 
         ``create_graph`` keeps the inner gradients' graph (second order); ``track=False`` detaches

@@ -17,8 +17,9 @@ Every worker runs its own :func:`~mlhelpers.learners.functional.shallow_replica`
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn

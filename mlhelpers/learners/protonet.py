@@ -8,7 +8,7 @@ whose prediction for one query depends on the other queries of its task. Chapter
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

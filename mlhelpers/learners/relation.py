@@ -9,7 +9,8 @@ embeddings) is concatenated with each query's along the channels, and a small co
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ A sampler owns a seeded ``torch.Generator`` (so a run is reproducible and can be
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

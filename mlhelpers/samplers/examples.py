@@ -1,4 +1,7 @@
-"""Random labelled examples for an ordinary classifier (not episodes): what :func:`~mlhelpers.pretraining.pretrain_classifier` trains on. Chapter 4."""
+"""Random labelled examples for an ordinary classifier, not episodes. Chapter 4.
+
+What :func:`~mlhelpers.pretraining.pretrain_classifier` trains on.
+"""
 
 from __future__ import annotations
 

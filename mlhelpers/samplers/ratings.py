@@ -66,7 +66,7 @@ class RatingTasks(TaskSampler):
         return torch.cat([self.item_taste, self.item_bias[:, None]], dim=1)
 
     def expected_rating(self, user: Tensor, items: Tensor) -> Tensor:
-        """The noise-free rating ``1 + 4 sigmoid(u . v_j + b_j)`` for ``user`` ``[tasks, dim]`` and ``items`` ``[tasks, n]``."""
+        """Noise-free ratings ``1 + 4 sigmoid(u . v_j + b_j)``: ``user`` ``[tasks, dim]``, ``items`` ``[tasks, n]``."""
         return 1 + 4 * torch.sigmoid(self._logit(user, items))
 
     def _logit(self, user: Tensor, items: Tensor) -> Tensor:

@@ -34,7 +34,8 @@ class SamplerWrapper(TaskSampler):
     def load_state_dict(self, state: dict) -> None:
         if not isinstance(state, dict) or "inner" not in state:
             raise ValueError(
-                f"state must be a wrapped sampler's state_dict {{'generator': ..., 'inner': ...}}, got {describe(state)}"
+                "state must be a wrapped sampler's state_dict {'generator': ..., 'inner': ...}, "
+                f"got {describe(state)}"
             )
         super().load_state_dict(state)
         self.sampler.load_state_dict(state["inner"])
