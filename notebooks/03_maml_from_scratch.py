@@ -215,7 +215,7 @@ print(f"largest relative difference: {worst:.1e}  (float32 rounding)")
 # $\mathbb{E}[A] = 2.55$, one and the same low wave for every task. The network's weights know the
 # family only on average, not how to become a particular member of it quickly.
 #
-# Our budget: the paper's settings, except the number of meta-iterations, which we cut to what the
+# Our budget: the settings above, except the number of meta-iterations, which we cut to what the
 # book's CPU allows. Each meta-step takes a few milliseconds here (the helper's `vmap` strategy
 # batches the 25 tasks), so we can afford a sizeable fraction of the 70,000.
 
@@ -348,7 +348,7 @@ plt.show()
 # 2.47 / 2.26 / 2.22 against 2.41 / 2.23 / 2.19, after 15,000 meta-iterations instead of 70,000.
 # The pretrained numbers agree within our confidence intervals. MAML's are 0.02 to 0.05 higher,
 # at the edge of our intervals (0.42 ± 0.04 against 0.38 after 5 steps). The likely reason is
-# the budget: the paper trained 4.7 times longer, and the training loss above was still falling
+# the budget: the authors' code trains 4.7 times longer, and the training loss above was still falling
 # slowly when we stopped, though the validation MSE had flattened. The protocols differ too: the
 # paper's 5-shot numbers come from a MAML model trained with $K = 10$ and fine-tuned on 5 points,
 # ours from a model trained with $K = 5$. Single-run noise also plays a part (one seed, one set
