@@ -425,8 +425,11 @@ plt.show()
 # The line that matters is the last column of the meta-learning row: its training objective *is*
 # the test procedure, run on training tasks. The sinusoids show why that matters. A multi-task
 # model trained on many sine waves at once, with no knowledge of which task each point comes from,
-# can only learn the *average* curve. Fine-tuning it on five points of a new task then starts from a
-# flat compromise, because averaging over tasks erased exactly what distinguishes them.
+# can only learn the *average* curve. That curve is not flat: the phase is uniform on $[0, \pi]$,
+# not on a full period, so the waves do not cancel, and the average is
+# $-\tfrac{2}{\pi}\,\mathbb{E}[A]\cos x$. Fine-tuning on five points of a new task then starts from
+# this one compromise wave, the same for every task, because averaging over tasks erased exactly
+# what distinguishes them.
 
 # %%
 seed_everything(0)

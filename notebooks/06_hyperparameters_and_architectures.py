@@ -781,11 +781,13 @@ plt.show()
 # random search could have spent training more candidates. What DARTS does buy is a *principled*
 # search whose cost does not grow with the number of candidates: its gradient looks at every
 # operation on every edge at once, which is what makes it usable in spaces with $10^{18}$
-# architectures, where random sampling has little chance. Its known failure modes are visible even
-# here in miniature: the weights of parameter-free operations (skip, pooling) tend to grow early,
-# because they help while the convolutions are still untrained (Zela et al. 2020), and the final
+# architectures, where random sampling has little chance. Its best-known failure mode did *not*
+# show up here. In long DARTS runs the weights of parameter-free operations (skip, pooling) tend
+# to grow, because they help while the convolutions are still untrained (Zela et al. 2020). In
+# this short search their total weight fell, from 0.40 at the start to 0.10 (first order) and
+# 0.14 (second order), while the convolutions' rose from 0.40 to 0.84 and 0.81 (Exercise 6.4
+# prints these numbers): no collapse. The other known weak point is general: the final
 # discretisation step (keep the argmax, drop the rest) changes the network the search evaluated.
-# Whether the parameter-free operations gained ground in this short search is Exercise 6.4.
 #
 # ## Summary
 #
