@@ -59,11 +59,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import optuna
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+
+# Optuna imports tqdm.auto, which warns (naming a local file) in a kernel without ipywidgets; the
+# book's progress bars are plain text, so the warning says nothing here.
+warnings.filterwarnings("ignore", message="IProgress not found")
+import optuna  # noqa: I001
 
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
