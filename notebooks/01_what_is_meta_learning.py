@@ -386,8 +386,9 @@ for name, result in results.items():
 # by side with proper budgets. The difference between them is one of *objective*. Transfer learning
 # trains for the source task and hopes the features transfer; meta-learning trains for the act of
 # learning a new task from few examples, and can therefore also learn things a classifier cannot,
-# such as an initialisation that adapts in a few gradient steps (MAML, Chapter 3) or an update
-# rule (Chapter 5).
+# such as an initialisation that adapts in a few gradient steps (MAML, Chapter 3), together with a
+# step size for every weight (Meta-SGD, Chapter 3). *Learned optimisers* go further and learn the
+# update rule itself (Andrychowicz et al. 2016); this book does not cover them yet.
 #
 # ### How much does prior experience help as the shots grow?
 #
@@ -511,8 +512,9 @@ plt.show()
 #
 # The book's chapters follow the three main families of learners:
 #
-# - **optimisation-based** (Chapters 2 and 3): learn an initialisation or update rule for gradient
-#   descent, as MAML and Reptile do;
+# - **optimisation-based** (Chapters 2 and 3): learn an initialisation for gradient descent, and
+#   possibly a step size per weight, as MAML, Reptile and Meta-SGD do (learned optimisers, which
+#   learn the update rule itself, belong here too, but the book does not cover them yet);
 # - **metric-based** (Chapter 4): learn an embedding in which a simple rule (nearest class mean)
 #   classifies, as Prototypical and Matching Networks do;
 # - **model-based** (Chapter 5): a network reads the support set and predicts the query in one
@@ -614,5 +616,6 @@ print(f"one alphabet:    {within}")
 # memory-augmented neural networks*. Vinyals et al. (2016), *Matching networks for one shot
 # learning*. Finn, Abbeel & Levine (2017), *Model-agnostic meta-learning for fast adaptation of deep
 # networks*. Snell, Swersky & Zemel (2017), *Prototypical networks for few-shot learning*.
+# Andrychowicz et al. (2016), *Learning to learn by gradient descent by gradient descent*.
 # Chen et al. (2019), *A closer look at few-shot classification*. Tian et al. (2020), *Rethinking
 # few-shot image classification: a good embedding is all you need?*

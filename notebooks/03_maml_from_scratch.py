@@ -656,66 +656,35 @@ plt.show()
 # while it runs, so two threads must never share module objects; each thread gets a replica of the
 # learner whose modules are new objects but whose parameters are the very same tensors.
 #
-# The book's benchmark, `bench/meta_step.py`, times one meta-step in the standard setting (conv4
-# with 64 channels, 5-way 1-shot, 15 queries per class, a meta-batch of 32 tasks; second order with
-# one and five inner steps; first order) for both strategies of the helper, a plain per-task
-# `torch.autograd` loop (with PyTorch's default two threads, and with one), and the two libraries
-# people use for MAML in PyTorch, [`higher`](https://github.com/facebookresearch/higher) and
-# [`learn2learn`](https://github.com/learnables/learn2learn), each in a fresh process on the same
-# weights and tasks. It checks that all compute the same meta-gradient, measures the memory a step
-# adds, and divides the arithmetic of a step (counted by `torch.utils.flop_counter`) by its time and
-# by the machine's measured peak (a large matrix product: about 215 GFLOP/s on these two cores in
-# this run). One row is not a meta-step but a **bound**: the forward and backward pass over the 32
-# query sets alone, with no adaptation at all, which every implementation has to do (with adapted
-# weights instead of the initial ones) on top of its inner loop.
-# It takes about a quarter of an hour, so it runs outside the notebook:
+# The book's benchmark, `bench/meta_step.py`, times one meta-step in the standard setting of Finn
+# et al. on Omniglot (5-way 1-shot with the full-size conv4 and meta-batch; second order with one
+# and with several inner steps; first order) for both strategies of the helper, a plain per-task
+# `torch.autograd` loop (with PyTorch's default thread count, and single-threaded), and the two
+# libraries people use for MAML in PyTorch, [`higher`](https://github.com/facebookresearch/higher)
+# and [`learn2learn`](https://github.com/learnables/learn2learn), each in a fresh process on the
+# same weights and tasks. It checks that all compute the same meta-gradient, measures the memory a
+# step adds, and divides the arithmetic of a step (counted by `torch.utils.flop_counter`) by its
+# time and by the machine's measured peak (a large matrix product). One row is not a meta-step but
+# a **bound**: the forward and backward pass over the query sets alone, with no adaptation at all,
+# which every implementation has to do (with adapted weights instead of the initial ones) on top of
+# its inner loop. Whatever an implementation does with the inner loop, the query pass stays, and it
+# runs the same convolution, batch-norm, ReLU and max-pooling kernels for everybody, so the bound
+# row says how much room for speed-up there is at all.
+#
+# The benchmark takes far longer than a chapter's cell should, so it runs outside the notebook:
 # `python bench/meta_step.py --high-priority` from a clone of the repository (the flag lets the
-# benchmark run ahead of other jobs on a shared machine). Its last run, on an otherwise idle machine:
-#
-# | setting | implementation | wall s / step | x ours | CPU s / step | peak memory MB | max grad diff | share of peak |
-# |---|---|---|---|---|---|---|---|
-# | second order, 1 inner step | mlhelpers MAML (strategy threads) | 1.45 | 1.14 | 2.81 | 138 | 8.3e-06 | 53% |
-# | second order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 1.27 | 1.00 | 2.52 | 1864 | 2.1e-07 | 61% |
-# | second order, 1 inner step | bound: the query pass alone, no adaptation | 1.03 | 0.81 | 2.03 | 57 | - | - |
-# | second order, 1 inner step | plain per-task torch.autograd loop | 1.63 | 1.28 | 3.22 | 64 | 0.0e+00 | 48% |
-# | second order, 1 inner step | plain per-task loop, one thread | 3.11 | 2.45 | 3.11 | 64 | 8.3e-06 | 25% |
-# | second order, 1 inner step | higher 0.2.1 | 1.66 | 1.31 | 3.30 | 64 | 0.0e+00 | 47% |
-# | second order, 1 inner step | learn2learn 0.2.0 | 1.62 | 1.27 | 3.21 | 64 | 0.0e+00 | 48% |
-# | second order, 5 inner steps | mlhelpers MAML (strategy threads) | 2.28 | 1.00 | 4.44 | 183 | 1.9e-05 | 57% |
-# | second order, 5 inner steps | mlhelpers MAML (strategy loop, the default) | 2.78 | 1.22 | 5.54 | 2628 | 3.0e-07 | 46% |
-# | second order, 5 inner steps | bound: the query pass alone, no adaptation | 1.03 | 0.45 | 2.02 | 57 | - | - |
-# | second order, 5 inner steps | plain per-task torch.autograd loop | 3.36 | 1.48 | 6.66 | 88 | 0.0e+00 | 38% |
-# | second order, 5 inner steps | plain per-task loop, one thread | 4.25 | 1.87 | 4.24 | 86 | 1.9e-05 | 30% |
-# | second order, 5 inner steps | higher 0.2.1 | 3.20 | 1.41 | 6.37 | 88 | 0.0e+00 | 40% |
-# | second order, 5 inner steps | learn2learn 0.2.0 | 2.86 | 1.26 | 5.70 | 89 | 0.0e+00 | 45% |
-# | first order, 1 inner step | mlhelpers MAML (strategy threads) | 1.21 | 1.15 | 2.33 | 128 | 1.6e-05 | 57% |
-# | first order, 1 inner step | mlhelpers MAML (strategy loop, the default) | 1.06 | 1.00 | 2.10 | 1683 | 2.8e-07 | 65% |
-# | first order, 1 inner step | bound: the query pass alone, no adaptation | 0.97 | 0.92 | 1.93 | 57 | - | - |
-# | first order, 1 inner step | plain per-task torch.autograd loop | 1.29 | 1.22 | 2.55 | 58 | 0.0e+00 | 53% |
-# | first order, 1 inner step | plain per-task loop, one thread | 2.12 | 2.01 | 2.11 | 58 | 1.6e-05 | 32% |
-# | first order, 1 inner step | higher 0.2.1 | 1.47 | 1.39 | 2.92 | 59 | 0.0e+00 | 47% |
-# | first order, 1 inner step | learn2learn 0.2.0 | 1.25 | 1.18 | 2.48 | 59 | 0.0e+00 | 55% |
-#
-# *What it says.* All six implementations compute the same meta-gradient: the three per-task loops
-# and the libraries agree bit for bit, the helper's loop to $10^{-7}$ of the largest entry, and
-# tasks in threads to about $10^{-5}$ (single-threaded kernels add up in another order; in float64
-# the tests find the strategies equal to $10^{-10}$). The helper is the fastest in all three
-# settings: its loop by 1.27 times at second order with one inner step and 1.18 times at first
-# order, tasks in threads by 1.26 times with five inner steps, where the helper's loop pays for
-# holding the graphs of all 32 tasks (2.6 GB, against 0.2 GB in threads). We set out to be at
-# least 1.5 times faster than every peer and did not get there, and the bound row says why this
-# is out of reach with PyTorch's kernels: with one inner step, 1.5 times the fastest peer means
-# 1.08 s at second order and 0.83 s at first order, while the query pass alone takes 1.03 s and
-# 0.97 s. Whatever we do with the inner loop, the query pass stays, and it runs the same
-# convolution, batch-norm, ReLU and max-pooling kernels for everybody; the best implementations
-# already reach 55-65% of the machine's arithmetic peak. (We also tried `torch.compile` on the
-# query pass, which only ever needs first derivatives: no faster than the eager loop. Channels-last
-# memory layout, computing the query gradient apart from the second-order term, and `vmap` over
-# the query sets gained nothing either.) Under load the picture changes: when other jobs share
-# the cores, intra-op threads wait for each other at every operation, and in earlier runs on a
-# loaded machine tasks in threads were the fastest strategy in all three settings. So the default (`"auto"`) stays `"loop"` on the
-# CPU; choose `"threads"` for large meta-batches or many inner steps, to save memory, or on a
-# shared machine.
+# benchmark run ahead of other jobs on a shared machine; the script's docstring gives the exact
+# settings). Its committed results, with the number of cores, the PyTorch version and the load
+# they were measured under, are in `bench/results.md`. Timings depend on the CPU and on what else
+# runs on it, so this chapter does not quote them. Two things do not depend on the machine. The
+# meta-gradient: section 3.1 checked the helper against hand-written MAML, and the test suite
+# (`tests/test_maml.py::test_threads_and_loop_give_the_same_meta_gradient`) checks in float64 that
+# tasks in threads give the loop's meta-gradient (in float32 they agree to rounding only, because
+# single-threaded kernels add up in another order). And the memory: the helper's loop keeps the
+# graphs of the whole meta-batch until the backward pass, tasks in threads one task's graph per
+# thread. The default (`"auto"`) is `"loop"` on the CPU; choose `"threads"` to save memory with
+# large meta-batches or many inner steps, and run the benchmark to see which strategy is faster on
+# your machine.
 
 # %% [markdown]
 # ### Reading the Omniglot results
@@ -736,9 +705,7 @@ plt.show()
 # the alphabet split: the same MAML model scores 91.5% on the validation alphabets and 94.0% on
 # its training alphabets, against 81.0% on the test alphabets. What this section *does* measure is
 # the comparison between the five learners under one equal budget, and that should be read as a
-# statement about short runs: a longer run can reorder learners that are close. (An earlier
-# version of this chapter trained for 200 and 120 steps; MAML reached 56% and 27%. Training
-# longer was worth 25 and 21 points, more than any other choice in this section.)
+# statement about short runs: a longer run can reorder learners that are close.
 #
 # *What the table says.* The learners that differentiate through the inner step did best.
 # Meta-SGD led at 5-way (83% 1-shot, 91% 5-shot), its learned per-weight step sizes buying faster

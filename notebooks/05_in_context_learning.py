@@ -335,10 +335,10 @@ print(f"transformer below 0.05: {transformer_err < 0.05};  averaging above 0.3: 
 # was written to pass: with $2d = 10$ examples the transformer's error is below 0.05 while
 # averaging, the estimator one might write down first, is far above it.
 #
-# One setting mattered most at this size: depth. In a trial run (not shown) a 3-layer model with
-# the same width, data and schedule stalled at about 0.05 with 10 examples, where this 4-layer
-# model goes well below. That fits the picture of von Oswald et al. and Akyürek et al. below, in
-# which each layer carries out roughly one step of an iterative solver, so depth buys precision.
+# At this size we expect depth to matter most: in the picture of von Oswald et al. and Akyürek et
+# al. below, each layer carries out roughly one step of an iterative solver, so a shallower model
+# of the same width should stop further from least squares. This chapter trains one depth only and
+# does not test it.
 #
 # That is in-context learning in its cleanest form: a *learning algorithm* (something close to
 # least squares) found by meta-training, run by the forward pass. Von Oswald et al. (2023) and
@@ -464,10 +464,10 @@ print(f"  longer contexts: transformer at 15 examples {tr[K_TRAIN]:.3f}, at 20 {
 #   match the query's features and copy a label. What differs from SNAIL is the network that reads
 #   the sequence: ours is a small causal transformer with learned positional embeddings, SNAIL
 #   interleaves temporal convolutions with causal attention; and we build one sequence per query,
-#   so a query sees the support set and itself, never the other queries. On a CPU budget the
-#   layout matters: in our trial runs with a conv4 encoder, both
-#   layouts were still at chance after 400 steps, while the paired model with this MLP encoder
-#   started to learn after about 300.
+#   so a query sees the support set and itself, never the other queries. We expect the paired
+#   layout to start learning sooner on a small budget, since it needs one attention step where the
+#   interleaved one needs two; this chapter trains only the paired layout (with this MLP encoder),
+#   so it does not test this.
 #
 # Labels are assigned to classes at random in every episode, so the only way to know which label
 # goes with which drawing is to read the context. One more detail matters: the episode sampler
@@ -625,7 +625,9 @@ for name, results in shot_results.items():
 # should; the transformer, reading contexts up to five times longer than any it was trained on,
 # gains much less, and in this run it does *worse* with two drawings per class than with one. A
 # black-box learner only knows how to use the kinds of context it was trained
-# on; training on a mix of shots (as SNAIL did) is the usual remedy.
+# on. SNAIL was trained on episodes whose number of shots was drawn at random (Mishra et al.
+# 2018), which lets one model be tested at every shot count it saw; we expect such a mix of shots
+# to help here too, but this chapter does not test it.
 
 # %% [markdown]
 # ## 5.6 What makes in-context learning appear? (a small Chan et al. 2022)
