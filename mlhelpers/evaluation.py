@@ -18,7 +18,7 @@ from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers.config import module_device
 from mlhelpers.learners.base import task_metric
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_positive_int
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, NonFiniteError, check_finite, check_positive_int
 
 
 def mean_confidence_interval(values: Tensor | Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -89,7 +89,8 @@ def evaluate(
     put in ``eval()`` mode and its previous mode is restored afterwards. Autograd stays on, because
     gradient-based learners (MAML) differentiate inside ``adapt``; outputs are detached. A learner
     that sets ``needs_grad_to_adapt = False`` (metric learners) is run under ``torch.no_grad()``
-    to save memory.
+    to save memory. Outputs or a metric holding NaN or infinity raise a
+    :class:`~mlhelpers.validation.NonFiniteError` naming the episode.
     """
     check_positive_int("num_episodes", num_episodes)
     check_positive_int("batch_size", batch_size)
@@ -115,12 +116,13 @@ def evaluate(
                 if device is not None and batch.device != device:
                     batch = batch.to(device)
                 outputs = learner(batch).detach()
+                _check_finite_outputs(outputs, done)
                 value = task_metric(outputs, batch.query_y).detach().to("cpu", torch.float64)
                 if not bool(torch.isfinite(value).all()):
                     episode = done + int(torch.nonzero(~torch.isfinite(value))[0])
-                    raise RuntimeError(
-                        f"evaluate: the learner's query metric is not finite ({float(value[episode - done])}) "
-                        f"on episode {episode}: its outputs hold NaN or infinity"
+                    raise NonFiniteError(
+                        f"evaluate: non-finite query metric ({float(value[episode - done])}) on episode "
+                        f"{episode}: the learner's outputs overflow"
                     )
                 values.append(value)
                 metric = "accuracy" if batch.query_y.dtype in INTEGER_LABEL_DTYPES else "mse"
@@ -132,3 +134,14 @@ def evaluate(
     mean, ci95 = mean_confidence_interval(all_values)
     return EvalResult(mean=mean, ci95=ci95, values=all_values, metric=metric)
 
+
+def _check_finite_outputs(outputs: Tensor, first_episode: int) -> None:
+    """A :class:`~mlhelpers.validation.NonFiniteError` naming the first episode whose outputs
+    ``[tasks, n_query, ...]`` hold NaN or infinity (an accuracy of such outputs would look valid)."""
+    bad = ~torch.isfinite(outputs).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        episode = first_episode + int(torch.nonzero(bad)[0])
+        raise NonFiniteError(
+            f"evaluate: non-finite outputs on episode {episode}: the learner's outputs hold NaN or infinity "
+            "(a diverged inner loop or training run)"
+        )

@@ -30,7 +30,7 @@ from torch import nn
 from mlhelpers.evaluation import evaluate
 from mlhelpers.seeding import seed_everything
 from mlhelpers.training import meta_train
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import NonFiniteError, check_positive_int
 
 
 @dataclass
@@ -65,8 +65,9 @@ def learner_objective(
     ``build(trial)`` returns a :class:`TrialSetup` (it calls ``trial.suggest_*``). A trial trains for
     ``steps`` steps on ``train_sampler`` and every ``report_every`` steps reports the accuracy on the
     same ``val_episodes`` episodes of ``val_sampler`` (a trial the pruner rejects raises
-    ``optuna.TrialPruned``). ``seed`` seeds every trial's initialisation. A trial whose loss diverges
-    is pruned, with the step in its user attribute ``"diverged_at"``.
+    ``optuna.TrialPruned``). ``seed`` seeds every trial's initialisation. A trial that diverges (a
+    :class:`~mlhelpers.validation.NonFiniteError` in training or validation) is pruned, with the step
+    in its user attribute ``"diverged_at"``.
     """
     if not callable(build):
         raise TypeError(f"build must be a callable trial -> TrialSetup, got {type(build).__name__}")
@@ -87,14 +88,12 @@ def learner_objective(
             try:
                 meta_train(setup.learner, train_sampler, steps=chunk, meta_batch_size=setup.meta_batch_size,
                            optimizer=setup.optimizer, progress=False)
-            except RuntimeError as error:
-                if "non-finite" not in str(error):
-                    raise
+                rewind_val()
+                value = evaluate(setup.learner, val_sampler, val_episodes).mean
+            except NonFiniteError as error:
                 trial.set_user_attr("diverged_at", done)
                 raise optuna.TrialPruned(f"diverged within steps {done + 1}..{done + chunk}") from error
             done += chunk
-            rewind_val()
-            value = evaluate(setup.learner, val_sampler, val_episodes).mean
             trial.report(value, done)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {done} with validation {value:.3f}")

@@ -30,7 +30,7 @@ from mlhelpers import __version__
 from mlhelpers.checkpoint import _check_plain, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mlhelpers.evaluation import evaluate
 from mlhelpers.seeding import seed_everything
-from mlhelpers.validation import check_positive, check_positive_int, describe
+from mlhelpers.validation import NonFiniteError, check_positive, check_positive_int, describe
 
 
 @dataclass
@@ -93,7 +93,7 @@ def meta_train(
     (default ``Adam(lr=1e-3)``), clipping the gradient norm to ``grad_clip`` if given, then steps
     ``scheduler`` (which must wrap ``optimizer``). At multiples of ``val_every`` the learner is
     evaluated on ``val_episodes`` episodes of ``val_sampler``. A non-finite loss stops the run with a
-    RuntimeError naming the step, before anything is saved.
+    :class:`~mlhelpers.validation.NonFiniteError` (a RuntimeError) naming the step, before anything is saved.
 
     Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end; if the file
     exists, training resumes from it, provided its configuration matches (``config`` plus
@@ -238,7 +238,7 @@ def _train_step(
 ) -> float:
     """One optimizer step on ``batch`` (moved to the parameters' device); return the loss.
 
-    A non-finite loss or clipped gradient norm stops it before the optimizer step with a RuntimeError
+    A non-finite loss or clipped gradient norm stops it before the optimizer step with a NonFiniteError
     naming ``where``: (step, checkpoint path, step of the last checkpoint saved)."""
     if batch.device != params[0].device:
         batch = batch.to(params[0].device)
@@ -248,12 +248,12 @@ def _train_step(
         raise TypeError(f"learner.meta_loss must return a scalar tensor, got {describe(loss)}")
     value = loss.item()
     if not math.isfinite(value):
-        raise RuntimeError(_non_finite_message("loss", value, *where))
+        raise NonFiniteError(_non_finite_message("loss", value, *where))
     loss.backward()
     if grad_clip is not None:
         norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
         if not math.isfinite(norm):
-            raise RuntimeError(_non_finite_message("gradient norm", norm, *where))
+            raise NonFiniteError(_non_finite_message("gradient norm", norm, *where))
     optimizer.step()
     return value
 

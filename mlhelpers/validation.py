@@ -60,6 +60,12 @@ def check_number(name: str, value: Any, *, minimum: float | None = None) -> floa
     return float(value)
 
 
+class NonFiniteError(RuntimeError):
+    """A run produced NaN or infinity: a loss or gradient norm in :func:`~mlhelpers.training.meta_train`,
+    a learner's outputs or metric in :func:`~mlhelpers.evaluation.evaluate`. What a diverged run raises;
+    :func:`~mlhelpers.hpo.learner_objective` prunes a trial on it."""
+
+
 # --- tensors ----------------------------------------------------------------------------------
 
 INTEGER_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)

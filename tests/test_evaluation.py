@@ -9,6 +9,7 @@ from mlhelpers.evaluation import EvalResult, evaluate, mean_confidence_interval
 from mlhelpers.learners import MetaLearner, ProtoNet
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import LinearTasks
+from mlhelpers.validation import NonFiniteError
 
 
 class OneStepLinear(MetaLearner):
@@ -82,6 +83,23 @@ def test_evaluate_protonet_accuracy_is_deterministic_and_in_range():
     assert 0.2 < result.mean < 1.0  # pixel-space prototypes beat chance (0.2) on these classes
     assert result.mean == pytest.approx(result.values.mean().item())
     assert str(result).endswith("(50 episodes)")
+
+
+def test_nan_logits_are_an_error_not_an_accuracy():
+    """NaN logits have an argmax (label 0), which used to be scored as a 1-in-n_way accuracy."""
+
+    class NaNOnEpisode3(ProtoNet):
+        calls = 0
+
+        def _predict(self, adapted, query_x):
+            logits = super()._predict(adapted, query_x)
+            NaNOnEpisode3.calls += 1
+            return logits * float("nan") if NaNOnEpisode3.calls == 2 else logits
+
+    learner = NaNOnEpisode3(nn.Flatten())
+    with pytest.raises(NonFiniteError, match="non-finite outputs on episode 3"):
+        evaluate(learner, EpisodicSampler(synthetic_dataset(), 3, 1, 2, split="test", seed=0), num_episodes=6,
+                 batch_size=3)
 
 
 def test_ci_shrinks_like_one_over_sqrt_n():

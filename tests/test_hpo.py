@@ -112,3 +112,26 @@ def test_bad_arguments_name_themselves():
         study = optuna.create_study()
         study.optimize(learner_objective(lambda t: build(t).learner, sampler, sampler, steps=2, report_every=1),
                        n_trials=1)
+
+
+def test_a_trial_whose_validation_outputs_diverge_is_pruned():
+    """Training stays finite but the learner's validation outputs are NaN: the trial is pruned (it used
+    to abort the whole study, or to score the NaN logits' argmax as an accuracy)."""
+
+    class NaNAtEval(ProtoNet):
+        def _predict(self, adapted, query_x):
+            logits = super()._predict(adapted, query_x)
+            return logits if self.training else logits * float("nan")
+
+    def nan_at_eval(trial):
+        setup = build(trial)
+        learner = NaNAtEval(setup.learner.backbone)
+        return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), meta_batch_size=2)
+
+    data = synthetic_dataset()
+    study = optuna.create_study(direction="maximize")
+    study.optimize(learner_objective(nan_at_eval, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
+                                     EpisodicSampler(data, 3, 1, 2, "test", seed=1), steps=4, report_every=2,
+                                     val_episodes=2), n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert study.trials[0].user_attrs["diverged_at"] == 0

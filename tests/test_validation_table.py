@@ -56,9 +56,10 @@ from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
+from mlhelpers.validation import NonFiniteError
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
-ERRORS = {e.__name__: e for e in (ValueError, TypeError, RuntimeError, FileNotFoundError)}
+ERRORS = {e.__name__: e for e in (ValueError, TypeError, RuntimeError, NonFiniteError, FileNotFoundError)}
 
 
 def parse_table(text: str) -> list[dict[str, object]]:
@@ -177,6 +178,20 @@ class NaNLoss(MetaLearner):
 
     def _meta_loss(self, task):
         return super()._meta_loss(task) * float("nan")
+
+
+class NaNLogits(MetaLearner):
+    """A 3-way classifier whose logits are NaN: their argmax is still a valid-looking label."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(1, 3)
+
+    def _adapt(self, support_x, support_y):
+        return None
+
+    def _predict(self, adapted, query_x):
+        return self.head(query_x.flatten(2)[..., :1]) * float("nan")
 
 
 class InfOutputs(MetaLearner):
@@ -361,6 +376,7 @@ TRIGGERS: dict[str, Callable] = {
     "evaluate-learner": lambda: evaluate(nn.Linear(2, 2), train_sampler(), num_episodes=2),
     "evaluate-sampler": lambda: evaluate(ProtoNet(nn.Flatten()), [image_task()], num_episodes=2),
     "evaluate-non-finite": lambda: evaluate(InfOutputs(), SinusoidTasks(2, 2, seed=0), num_episodes=3),
+    "evaluate-nan-logits": lambda: evaluate(NaNLogits(), train_sampler(), num_episodes=3),
     "ci-empty": lambda: mean_confidence_interval([]),
     "ci-finite": lambda: mean_confidence_interval([0.5, float("nan")]),
     "ci-confidence": lambda: mean_confidence_interval([0.5, 0.6], confidence=95),
