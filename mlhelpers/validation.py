@@ -40,6 +40,13 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
+def check_module(name: str, value: Any) -> Any:
+    """Return ``value`` if it is a ``torch.nn.Module`` (a backbone, a model), else a TypeError naming ``name``."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {describe(value)}")
+    return value
+
+
 def check_positive(name: str, value: Any) -> float:
     """Return ``value`` as a float if it is a finite number > 0 (a learning rate, a step size, a
     standard deviation), else raise naming ``name``."""

@@ -10,7 +10,7 @@ from torch import nn
 from conftest import make_dataset
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import ProtoNet, task_loss
+from mlhelpers.learners import MAML, EnsembleProtoNet, ProtoNet, task_loss
 from mlhelpers.learners.baseline import NearestCentroid, feature_mean
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
@@ -312,3 +312,27 @@ def test_pretrained_nearest_centroid_generalises_to_held_out_classes():
     for normalise, base_mean in ((None, None), ("l2", None), ("cl2n", mean)):
         trained = held_out_accuracy(NearestCentroid(backbone, normalise, base_mean), dataset)
         assert trained > 0.75 and trained > untrained + 0.15, (normalise, untrained, trained)
+
+
+@pytest.mark.parametrize("name", ["protonet", "matching", "relation", "relation_mse", "nearest_centroid"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_every_integer_label_dtype_gives_the_int64_result(name, dtype):
+    """Validation accepts any integer labels; each learner gives exactly what it gives for int64
+    (torch's one_hot takes only int64, which used to crash ProtoNet and friends)."""
+    torch.manual_seed(0)
+    learner = small_learner(name).eval()
+    x = torch.rand(2, 6, 1, 8, 8)
+    y = torch.tensor([[0, 0, 1, 1, 2, 2], [2, 1, 0, 2, 1, 0]])
+    expected = Task(x, y, x, y)
+    narrow = Task(x, y.to(dtype), x, y.to(dtype))
+    with torch.no_grad():
+        assert torch.equal(learner(narrow), learner(expected))
+        assert torch.equal(learner.meta_loss(narrow), learner.meta_loss(expected))
+
+
+@pytest.mark.parametrize("make", [ProtoNet, MatchingNet, NearestCentroid, MAML,
+                                  lambda b: RelationNet(b, input_shape=(1, 8, 8)),
+                                  lambda b: EnsembleProtoNet([b])])
+def test_a_backbone_that_is_not_a_module_is_refused_at_construction(make):
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module, got str 'conv4'"):
+        make("conv4")

@@ -347,6 +347,7 @@ TRIGGERS: dict[str, Callable] = {
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
         replace(t := regression_task(), support_y=with_nan(t.support_y))),
     "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
+    "learner-backbone": lambda: ProtoNet("conv4"),
     "protonet-transductive": lambda: ProtoNet(nn.Flatten(), transductive_steps=-1),
     "learner-query-label-range": lambda: MAML(_small_conv(3), strategy="loop").meta_loss(
         replace(t := image_task(), query_y=t.query_y + 3)),

@@ -22,7 +22,7 @@ from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.protonet import class_prototypes, negative_squared_distances
 from mlhelpers.samplers.episodic import ROTATIONS
 from mlhelpers.samplers.examples import split_examples
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_module, check_positive_int
 
 Normalise = Literal["l2", "cl2n"] | None
 
@@ -93,7 +93,7 @@ class NearestCentroid(MetaLearner):
                 )
         elif base_mean is not None:
             raise ValueError(f"base_mean is only used with normalise='cl2n', got normalise={normalise!r}")
-        self.backbone = backbone
+        self.backbone = check_module("backbone", backbone)
         self.normalise = normalise
         self.register_buffer("base_mean", base_mean.detach().clone() if base_mean is not None else None)
 

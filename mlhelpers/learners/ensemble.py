@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.protonet import PrototypeLearner, negative_squared_distances
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_steps, check_tensor
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_module, check_steps, check_tensor
 
 
 class EnsembleProtoNet(PrototypeLearner):
@@ -34,7 +34,7 @@ class EnsembleProtoNet(PrototypeLearner):
         super().__init__()
         if len(backbones) == 0:
             raise ValueError("backbones must hold at least one module")
-        self.backbones = nn.ModuleList(backbones)
+        self.backbones = nn.ModuleList([check_module(f"backbones[{i}]", b) for i, b in enumerate(backbones)])
         self.tta_shift = check_steps("tta_shift", tta_shift)
         self.transductive_steps = check_steps("transductive_steps", transductive_steps)
         self.config: dict = {}  # how a saved learner was trained (set by pretrained.load_file)

@@ -36,7 +36,7 @@ from mlhelpers.learners.functional import (
 )
 from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_bool, check_positive, check_positive_int, check_steps
+from mlhelpers.validation import check_bool, check_module, check_positive, check_positive_int, check_steps
 
 
 class GradientLearner(MetaLearner):
@@ -59,9 +59,7 @@ class GradientLearner(MetaLearner):
         strategy: str,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        check_no_running_stats(model)
+        check_no_running_stats(check_module("model", model))
         self.model = model
         self.inner_steps = check_steps("inner_steps", inner_steps)
         self.eval_inner_steps = None if eval_inner_steps is None else check_steps("eval_inner_steps", eval_inner_steps)

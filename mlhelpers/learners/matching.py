@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.validation import check_labels, check_positive
+from mlhelpers.validation import check_labels, check_module, check_positive
 
 
 def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
@@ -75,7 +75,7 @@ class MatchingNet(MetaLearner):
     def __init__(self, backbone: nn.Module, *, scale: float = 10.0, learn_scale: bool = True) -> None:
         super().__init__()
         log_scale = torch.tensor(math.log(check_positive("scale", scale)))
-        self.backbone = backbone
+        self.backbone = check_module("backbone", backbone)
         if learn_scale:
             self.log_scale = nn.Parameter(log_scale)
         else:

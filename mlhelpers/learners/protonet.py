@@ -15,12 +15,12 @@ from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_labels, check_steps
+from mlhelpers.validation import check_labels, check_module, check_steps
 
 
 def class_counts(labels: Tensor, n_way: int) -> Tensor:
     """Examples per class: ``[tasks, n]`` labels -> ``[tasks, n_way]`` float counts."""
-    return torch.nn.functional.one_hot(labels, n_way).sum(1).float()
+    return torch.nn.functional.one_hot(labels.long(), n_way).sum(1).float()
 
 
 def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
@@ -31,7 +31,7 @@ def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     0..n_way-1 has no example.
     """
     check_labels("labels", labels)
-    one_hot = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)  # [T, S, N]
+    one_hot = torch.nn.functional.one_hot(labels.long(), n_way).to(embeddings.dtype)  # [T, S, N]
     counts = one_hot.sum(1)  # [T, N]
     if (counts == 0).any():
         raise ValueError(
@@ -132,7 +132,7 @@ class ProtoNet(PrototypeLearner):
 
     def __init__(self, backbone: nn.Module, transductive_steps: int = 0) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone = check_module("backbone", backbone)
         self.transductive_steps = check_steps("transductive_steps", transductive_steps)
 
     def embed(self, x: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.learners.protonet import class_prototypes, class_sums
 from mlhelpers.models import Norm, _norm_layer
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import check_module, check_positive_int
 
 
 def _relation_conv(in_channels: int, out_channels: int, norm: Norm, padding: int, pool: bool) -> nn.Sequential:
@@ -136,7 +136,7 @@ class RelationNet(MetaLearner):
             raise ValueError(f"class_pooling must be 'sum' or 'mean', got {class_pooling!r}")
         if loss not in ("mse", "cross_entropy"):
             raise ValueError(f"loss must be 'cross_entropy' or 'mse', got {loss!r}")
-        self.backbone = backbone
+        self.backbone = check_module("backbone", backbone)
         self.class_pooling = class_pooling
         self.loss = loss
         if relation_module is None:
@@ -201,5 +201,5 @@ class RelationNet(MetaLearner):
         logits = self._forward(task)
         if self.loss == "cross_entropy":
             return task_loss(logits, task.query_y)
-        target = F.one_hot(task.query_y, logits.shape[-1]).to(logits.dtype)
+        target = F.one_hot(task.query_y.long(), logits.shape[-1]).to(logits.dtype)
         return F.mse_loss(torch.sigmoid(logits), target)
