@@ -62,11 +62,12 @@ class Task:
         for x, y in (("support_x", "support_y"), ("query_x", "query_y")):
             if parts[x].shape[1] != parts[y].shape[1]:
                 raise ValueError(f"{x} has {parts[x].shape[1]} examples per task but {y} has {parts[y].shape[1]}")
-        if self.support_x.shape[1] < 1:
-            raise ValueError(
-                f"Task.support_x must hold at least one example per task, got an empty support set "
-                f"of shape {tuple(self.support_x.shape)}"
-            )
+        for name, what in (("support_x", "support"), ("query_x", "query")):
+            if parts[name].shape[1] < 1:
+                raise ValueError(
+                    f"Task.{name} must hold at least one example per task, got an empty {what} set "
+                    f"of shape {tuple(parts[name].shape)}"
+                )
         for a, b in (("support_x", "query_x"), ("support_y", "query_y")):
             if parts[a].shape[2:] != parts[b].shape[2:]:
                 raise ValueError(

@@ -197,7 +197,12 @@ def check_targets(name: str, targets: Tensor) -> Tensor:
 
 
 def check_query(query_x: Any) -> None:
-    """``query_x`` ``[tasks, n_query, ...]``, floating point and finite."""
+    """``query_x`` ``[tasks, n_query, ...]``, at least one query per task, floating point and finite."""
     check_tensor("query_x", query_x, min_dim=2)
+    if query_x.shape[1] < 1:
+        raise ValueError(
+            "query_x must hold at least one example per task (the query loss of none is NaN), got an empty "
+            f"query set of shape {tuple(query_x.shape)}"
+        )
     check_floating("query_x", query_x)
     check_finite("query_x", query_x)

@@ -287,6 +287,8 @@ TRIGGERS: dict[str, Callable] = {
     "task-example-count": lambda: replace(image_task(), query_y=torch.zeros(2, 7, dtype=torch.long)),
     "task-empty-support": lambda: Task(torch.zeros(2, 0, 1), torch.zeros(2, 0, 1),
                                        torch.zeros(2, 3, 1), torch.zeros(2, 3, 1)),
+    "task-empty-query": lambda: Task(torch.zeros(2, 3, 1), torch.zeros(2, 3, 1),
+                                     torch.zeros(2, 0, 1), torch.zeros(2, 0, 1)),
     "task-example-shape": lambda: replace(image_task(), query_x=torch.zeros(2, 6, 1, 9, 9)),
     "task-devices": lambda: replace(image_task(), query_x=meta_device(image_task().query_x)),
     "task-info": lambda: replace_info(image_task(), {"w": [1.0]}),
@@ -342,6 +344,8 @@ TRIGGERS: dict[str, Callable] = {
     "learner-support-shapes": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.zeros(2, 5, dtype=torch.long))),
     "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
+    "learner-empty-query": per_learner(
+        lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x[:, :0])),
     "learner-query-device": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
