@@ -344,8 +344,8 @@ plt.show()
 print({k: round(v, 3) for k, v in importances.items()})
 
 # %% [markdown]
-# The learning rate carried most of the variance (0.60 in the full run); width (0.19), batch norm
-# (0.15) and training ways (0.06) mattered much less *within these ranges*. The scatter shows why:
+# The learning rate carried most of the variance (0.603 in the full run); width (0.187), batch
+# norm (0.146) and training ways (0.064) mattered much less *within these ranges*. The scatter shows why:
 # accuracy climbs from $10^{-4}$ to a few times $10^{-3}$ and becomes erratic above about $10^{-2}$,
 # and the best settings of the two searches sat at $5.2 \times 10^{-3}$ (random search) and
 # $1.3 \times 10^{-2}$ (TPE), five and thirteen times the usual Adam default of $10^{-3}$. Importances
