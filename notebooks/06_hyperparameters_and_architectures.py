@@ -38,7 +38,7 @@
 #
 # Every number below is computed when the notebook runs. In quick mode (`MLHELPERS_QUICK=1`) the
 # budgets shrink so that the notebook runs in a couple of minutes and its numbers mean little;
-# the website shows a full run, which took 23 minutes on a busy 2-core CPU.
+# the website shows a full run, which took 5.5 minutes (the last cell prints the run time).
 
 # %%
 # On Colab, install the book's helper package first; elsewhere this cell does nothing.
@@ -312,13 +312,15 @@ for method, runs in studies.items():
 # Both methods start from the same random settings (TPE's first five proposals come from a random
 # sampler with the same seed), so the comparison is paired, and the two curves coincide for the
 # first few hundred steps: what differs is the pruning and what the model proposes after the
-# start. In the full run the pruner stopped about half of TPE's trials early, so for the same
-# 1,500 training steps TPE + Hyperband tried 14 to 17 settings against random search's 10. Its
-# best validation accuracy at the budget was 0.811 on average against 0.784: better on two seeds
-# (0.825 against 0.745, 0.830 against 0.800), worse on one (0.779 against 0.806). That is the
-# expected direction, with three seeds not a decisive margin: with ten trials' worth of steps and
-# four hyperparameters, random search is a strong baseline (Bergstra and Bengio 2012). The
-# advantage of a model and of pruning grows with the budget and the number of dimensions.
+# start. In the full run the pruner stopped 11 trials early in each TPE study, so for the same
+# 1,500 training steps TPE + Hyperband tried 17 or 18 settings against random search's 10. Its
+# best validation accuracy at the budget was 0.804 on average against 0.773: better on seed 0
+# (0.829 against 0.726), slightly worse on seed 1 (0.780 against 0.788), level on seed 2 (0.804
+# both). (Seed 0's study printed a best of 0.850: that trial was the one that crossed the budget.)
+# So the whole gap in the mean comes from one seed, and three seeds are not a decisive margin:
+# with ten trials' worth of steps and four hyperparameters, random search is a strong baseline
+# (Bergstra and Bengio 2012). The advantage of a model and of pruning grows with the budget and
+# the number of dimensions.
 #
 # ### Which hyperparameters mattered?
 #
@@ -342,10 +344,11 @@ plt.show()
 print({k: round(v, 3) for k, v in importances.items()})
 
 # %% [markdown]
-# The learning rate carried most of the variance (about 0.7 in the full run); width, batch norm
-# and training ways mattered much less *within these ranges*. The scatter shows why: accuracy
-# climbs from $10^{-4}$ to around $10^{-2}$ and becomes erratic above that, and the best settings of
-# both searches sat at $1$ to $2 \times 10^{-2}$, ten times the usual Adam default. Importances
+# The learning rate carried most of the variance (0.603 in the full run); width (0.187), batch
+# norm (0.146) and training ways (0.064) mattered much less *within these ranges*. The scatter shows why:
+# accuracy climbs from $10^{-4}$ to a few times $10^{-3}$ and becomes erratic above about $10^{-2}$,
+# and the best settings of the two searches sat at $5.2 \times 10^{-3}$ (random search) and
+# $1.3 \times 10^{-2}$ (TPE), five and thirteen times the usual Adam default of $10^{-3}$. Importances
 # are a statement about a search space, not about the hyperparameter in general: had we only
 # allowed learning rates between $10^{-3}$ and $10^{-2}$, width would have come out on top.
 #
@@ -389,11 +392,11 @@ print(f"validation accuracy of the chosen TPE trial: {best_trial(studies['TPE + 
 
 # %% [markdown]
 # Two things to read from these lines. First, the tuned setting against the default: in the full
-# run, 71.5% ± 1.0% against 49.0% ± 1.1% on 600 meta-test episodes (random search's best: 67.3%),
+# run, 71.29% ± 1.01% against 49.28% ± 1.11% on 600 meta-test episodes (random search's best: 66.85%),
 # for the same 150 training steps. That is what the outer loop bought, measured on alphabets it
 # never saw; most of it comes from the learning rate, and at a short budget a larger learning rate
 # is worth more than it would be after a long run. Second, the chosen trial's validation accuracy
-# (83.0%) against its test accuracy: the validation number is the
+# (85.0%) against its test accuracy: the validation number is the
 # *maximum* over many trials, so it is optimistic (the winner's curse), and the test alphabets
 # are also harder than the validation ones (Chapter 3). This is why the selection and the report
 # use different alphabets.
@@ -452,7 +455,7 @@ for kind, c in curves.items():
 # %% [markdown]
 # The warm start's first trials are the 5-way winners, and 5-way and 20-way tasks on the same
 # alphabets want similar settings (the learning rate above all). In the full run the warm start
-# reached the target (0.619, 95% of the best 20-way accuracy any study found) with its first trial
+# reached the target (0.612, 95% of the best 20-way accuracy any study found) with its first trial
 # on all three seeds; the cold start reached it once, at its second trial, and not within six
 # trials on the other two seeds (None). The 5-way winners are deterministic, so the warm curve
 # has no spread until TPE takes over. The transfer is
@@ -689,7 +692,7 @@ for name, xi in [("first order", 0.0), ("second order", 0.05)]:
           f"{derive_architecture(searched[name][0], OPS)}")
 
 # %% [markdown]
-# Compare the printed times: a second-order step cost about twice a first-order one (an extra
+# Compare the printed times: a second-order step cost about two and a half times a first-order one (an extra
 # forward and backward pass through the network, plus the backward pass through the inner
 # gradient that yields the mixed second derivatives). Here is how the architecture weights moved,
 # edge by edge:
@@ -772,24 +775,27 @@ ax.legend()
 plt.show()
 
 # %% [markdown]
-# In the full run both searches derived **the same cell** (three 3x3 convolutions, three dilated
-# ones), so their rows coincide: 81.0% ± 3.7% (mean ± standard deviation over three seeds) on the
-# held-out drawers. The four random cells scored 55%, 73%, 80% and 82%: the one made mostly of
-# skip connections was clearly worse, but the best random draw matched DARTS within the seed
-# spread, and a third came close. So DARTS found a good cell, not a better one than a few random
-# draws from the same space; differences smaller than the scatter over seeds are not evidence.
+# In the full run the two searches derived cells that differ on one edge (the second one: a 3x3
+# convolution for first order, a dilated one for second order). The first-order cell scored
+# 82.3% ± 2.4% (mean ± standard deviation over three seeds) on the held-out drawers, the
+# second-order cell 75.3% ± 7.8%; that gap is within the second-order cell's seed spread. The four
+# random cells scored 56.0%, 72.7%, 80.3% and 81.7%: the one made mostly of skip connections was
+# clearly worse, but the two best random draws matched first-order DARTS within the seed spread,
+# and both scored above the second-order cell. So DARTS found a good cell, not a better one than a
+# few random draws from the same space; differences smaller than the scatter over seeds are not
+# evidence.
 # At this scale (100 test images, six edges, five
 # operations) the space is small and most of its members are reasonable networks, so random
 # architectures are a hard baseline, as the literature found at much larger scale. DARTS also
-# spent the search on top of the retraining (the second-order search cost the most), compute that
-# random search could have spent training more candidates. What DARTS does buy is a *principled*
+# spent the search on top of the retraining (the second-order search cost the most, and did not
+# find a better cell), compute that random search could have spent training more candidates. What DARTS does buy is a *principled*
 # search whose cost does not grow with the number of candidates: its gradient looks at every
 # operation on every edge at once, which is what makes it usable in spaces with $10^{18}$
 # architectures, where random sampling has little chance. Its best-known failure mode did *not*
 # show up here. In long DARTS runs the weights of parameter-free operations (skip, pooling) tend
 # to grow, because they help while the convolutions are still untrained (Zela et al. 2020). In
-# this short search their total weight fell, from 0.40 at the start to 0.10 (first order) and
-# 0.14 (second order), while the convolutions' rose from 0.40 to 0.84 and 0.81 (Exercise 6.4
+# this short search their total weight fell, from 0.40 at the start to 0.105 (first order) and
+# 0.140 (second order), while the convolutions' rose from 0.40 to 0.839 and 0.807 (Exercise 6.4
 # prints these numbers): no collapse. The other known weak point is general: the final
 # discretisation step (keep the argmax, drop the rest) changes the network the search evaluated.
 #
@@ -846,8 +852,8 @@ print(f"TPE + median pruner: {len(states)} trials ({states.count('PRUNED')} stop
 # %% [markdown]
 # The median rule waits for `n_warmup_steps` and then stops anything below the running median, so
 # it is less aggressive than Hyperband's "keep a third" at the first rung but applies at every
-# report. In the full run it stopped 9 of 18 trials and found 0.845, against Hyperband's 16 trials
-# and 0.825 on the same seed; a single seed does not separate them, and the two are close in the literature when the learning
+# report. In the full run it stopped 12 of 20 trials and found 0.836, against Hyperband's 18 trials
+# and 0.850 on the same seed; a single seed does not separate them, and the two are close in the literature when the learning
 # curves rarely cross (which is what makes early stopping safe in the first place).
 #
 # **6.2.** Fresh episodes (a new sampler seed) remove the selection bias of the original ones:
@@ -866,10 +872,11 @@ for t in done:
 # The top trial was selected *because* its estimate was high, so on average it drops on fresh
 # episodes: the maximum of noisy estimates is biased upwards, by an amount that grows with the
 # number of trials and shrinks with the number of validation episodes (here 40 episodes per
-# report, a standard error of about two points). In the full run the effect was small: the top
-# trial went from 0.745 to 0.735, while the others moved by up to four points in either
-# direction, which is the noise the selection picks from. With ten trials this far apart the
-# ranking survives; with hundreds of trials of similar quality it would not. This is why the chapter reports the
+# report, a standard error of about two points). In the full run the top trial did not drop: it
+# went from 0.726 to 0.779, and the others moved by up to four points in either direction (0.672
+# to 0.634 the largest fall). The bias is an average effect; in one study the noise of 40
+# episodes can swamp it, as it did here. The ranking of the five survived unchanged; with hundreds
+# of trials of similar quality it would not. This is why the chapter reports the
 # chosen setting on separate test alphabets, and why a large study needs more validation
 # episodes than a small one.
 #
@@ -921,8 +928,8 @@ print(f"chapter run time: {(time.perf_counter() - CHAPTER_START) / 60:.1f} min")
 
 # %% [markdown]
 # At the start every operation has weight 1/5, so parameter-free operations hold 0.4 and
-# convolutions 0.4. In the full run the convolutions ended with 0.84 (first order) and 0.81
-# (second order), the parameter-free operations with 0.10 and 0.14: no collapse. This search is
+# convolutions 0.4. In the full run the convolutions ended with 0.839 (first order) and 0.807
+# (second order), the parameter-free operations with 0.105 and 0.140: no collapse. This search is
 # short, and on 14x14 images the convolutions train fast enough to pay off early. The mechanism behind the collapse reported for long DARTS runs (Zela et al. 2020; Chen and Hsieh 2020) is the one to look
 # for: early in the search a skip connection lowers the validation loss at once, while a
 # convolution helps only after its weights are trained, so the architecture gradient favours the
