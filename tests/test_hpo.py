@@ -69,6 +69,16 @@ def test_a_study_resumes_from_its_journal_file(tmp_path):
     assert len(open_study("demo", path).trials) == 3
 
 
+def one_trial(build_setup) -> optuna.trial.FrozenTrial:
+    """The single trial of a study optimising a short objective built from ``build_setup``."""
+    data = synthetic_dataset()
+    study = optuna.create_study(direction="maximize")
+    study.optimize(learner_objective(build_setup, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
+                                     EpisodicSampler(data, 3, 1, 2, "test", seed=1), steps=4, report_every=2,
+                                     val_episodes=2), n_trials=1)
+    return study.trials[0]
+
+
 def test_a_diverging_trial_is_pruned_and_says_where():
     def exploding(trial):
         setup = build(trial)
@@ -76,13 +86,9 @@ def test_a_diverging_trial_is_pruned_and_says_where():
             next(setup.learner.parameters()).fill_(math.nan)
         return setup
 
-    data = synthetic_dataset()
-    study = optuna.create_study(direction="maximize")
-    study.optimize(learner_objective(exploding, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
-                                     EpisodicSampler(data, 3, 1, 2, "test", seed=1), steps=4, report_every=2,
-                                     val_episodes=2), n_trials=1)
-    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
-    assert study.trials[0].user_attrs["diverged_at"] == 0
+    trial = one_trial(exploding)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["diverged_at"] == 0
 
 
 def test_warm_start_enqueues_the_best_settings_of_earlier_studies():
@@ -128,10 +134,6 @@ def test_a_trial_whose_validation_outputs_diverge_is_pruned():
         learner = NaNAtEval(setup.learner.backbone)
         return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=1e-3), meta_batch_size=2)
 
-    data = synthetic_dataset()
-    study = optuna.create_study(direction="maximize")
-    study.optimize(learner_objective(nan_at_eval, EpisodicSampler(data, 3, 1, 2, "train", seed=0),
-                                     EpisodicSampler(data, 3, 1, 2, "test", seed=1), steps=4, report_every=2,
-                                     val_episodes=2), n_trials=1)
-    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
-    assert study.trials[0].user_attrs["diverged_at"] == 0
+    trial = one_trial(nan_at_eval)
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.user_attrs["diverged_at"] == 0
