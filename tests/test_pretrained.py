@@ -59,6 +59,16 @@ def test_predictions_keep_the_callers_labels_and_accept_uint8(learner, episodes)
     assert (as_bytes == expected).float().mean() >= 0.9
 
 
+@pytest.mark.parametrize("scale", [lambda x: 255 * x, lambda x: 2 * x - 1], ids=["0..255 floats", "[-1, 1]"])
+def test_float_images_outside_the_unit_range_are_refused(learner, episodes, scale):
+    """Such images used to be accepted and quietly cost accuracy."""
+    sx, sy, qx = episodes.support_x[0], episodes.support_y[0], episodes.query_x[0]
+    with pytest.raises(ValueError, match=r"support_images must be float in \[0, 1\]"):
+        learner.predict_labels(scale(sx), sy, qx)
+    with pytest.raises(ValueError, match=r"query_images must be float in \[0, 1\]"):
+        learner.predict_labels(sx, sy, scale(qx))
+
+
 def test_predictions_invariant_to_support_order_and_any_shots(learner):
     task = EpisodicSampler(load_omniglot(), 7, 3, 2, "test", seed=1).sample(1)
     sx, sy, qx = task.support_x[0], task.support_y[0], task.query_x[0]

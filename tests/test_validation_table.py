@@ -264,6 +264,8 @@ TRIGGERS: dict[str, Callable] = {
     "pretrained-name": lambda: pretrained.load("resnet"),
     "pretrained-transductive": lambda: pretrained.load(transductive_steps=1.5),
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
+    "pretrained-image-range": lambda: pretrained.load().predict_labels(
+        torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]), torch.full((3, 1, 28, 28), 255.0)),
     "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
                                                                    torch.zeros(3, 1, 28, 28)),
     "pretrained-schedule": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),

@@ -127,4 +127,11 @@ def _images(images: Tensor, name: str) -> Tensor:
         return images.float() / 255.0
     if not images.dtype.is_floating_point:
         raise TypeError(f"{name} must be float in [0, 1] or uint8, got dtype {images.dtype}")
-    return check_finite(name, images.float())
+    images = check_finite(name, images.float())
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"{name} must be float in [0, 1] (ink = 1) or uint8 in 0..255, got values in {low:g}..{high:g}; "
+            "divide 0..255 floats by 255, map [-1, 1] with (x + 1) / 2"
+        )
+    return images
