@@ -110,7 +110,8 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
-    """Create the study ``name`` in the journal file ``path``, or load it if it exists.
+    """Create the study ``name`` in the journal file ``path``, or load it if it exists (a ValueError
+    if it exists with another ``direction``).
 
     A journal file (append-only, with file locks) can be shared by processes on one machine or a
     network file system, and a later run resumes the study; for a cluster, pass a database URL as
@@ -119,8 +120,14 @@ def open_study(
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
-    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                               pruner=pruner, load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                                pruner=pruner, load_if_exists=True)
+    if study.direction.name.lower() != direction:
+        raise ValueError(
+            f"study {name!r} in {path!r} exists with direction={study.direction.name.lower()!r}, "
+            f"but direction={direction!r} was given: pass its direction, or another name or path"
+        )
+    return study
 
 
 def warm_start(study: optuna.Study, sources: Iterable[optuna.Study], top_k: int = 3) -> int:

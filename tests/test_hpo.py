@@ -69,6 +69,15 @@ def test_a_study_resumes_from_its_journal_file(tmp_path):
     assert len(open_study("demo", path).trials) == 3
 
 
+def test_reopening_a_study_with_the_other_direction_is_refused(tmp_path):
+    """Optuna's load_if_exists used to hand back the maximising study, silently."""
+    path = tmp_path / "demo.log"
+    open_study("demo", path).optimize(objective(), n_trials=1)
+    with pytest.raises(ValueError, match="exists with direction='maximize', but direction='minimize'"):
+        open_study("demo", path, direction="minimize")
+    assert len(open_study("demo", path).trials) == 1
+
+
 def one_trial(build_setup) -> optuna.trial.FrozenTrial:
     """The single trial of a study optimising a short objective built from ``build_setup``."""
     data = synthetic_dataset()

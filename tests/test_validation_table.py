@@ -30,7 +30,7 @@ from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preproces
 from mlhelpers.data.ratings import load_movielens
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
-from mlhelpers.hpo import learner_objective, warm_start
+from mlhelpers.hpo import learner_objective, open_study, warm_start
 from mlhelpers.learners import (
     ANIL,
     MAML,
@@ -276,6 +276,8 @@ TRIGGERS: dict[str, Callable] = {
                                                   report_every=0),
     "hpo-build": lambda: learner_objective("conv4", _train_sampler(), _train_sampler(), steps=4, report_every=2),
     "hpo-sampler": lambda: learner_objective(lambda t: None, [1], _train_sampler(), steps=4, report_every=2),
+    "hpo-direction": lambda tmp_path: (open_study("d", tmp_path / "d.log"),
+                                       open_study("d", tmp_path / "d.log", direction="minimize")),
     "hpo-top-k": lambda: warm_start(optuna.create_study(), [], top_k=0),
     "darts-operations": lambda: MixedOp(2, ["skip", "conv7x7"]),
     "darts-alphas-shape": lambda: (lambda net, a, b: net(b[0], a[:2]))(*_search_network()),
