@@ -20,7 +20,7 @@ from mlhelpers.samplers.episodic import ROTATIONS
 from mlhelpers.samplers.examples import ExampleSampler, LabelledBatch, split_examples
 from mlhelpers.seeding import make_generator
 from mlhelpers.training import meta_train
-from mlhelpers.validation import check_positive, check_positive_int
+from mlhelpers.validation import check_bool, check_positive, check_positive_int
 
 
 @torch.no_grad()
@@ -65,6 +65,7 @@ def pretrain_classifier(
     previous train/eval mode; the head is thrown away.
     """
     check_positive_int("steps", steps)
+    check_bool("rotations", rotations)
     check_positive_int("batch_size", batch_size)
     lr = check_positive("lr", lr)
     generator = make_generator(seed)

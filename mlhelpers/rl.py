@@ -25,7 +25,7 @@ from torch.func import functional_call, vmap
 
 from mlhelpers.learners.functional import Params, sgd_steps
 from mlhelpers.models import mlp
-from mlhelpers.validation import check_positive, check_positive_int, check_steps, describe
+from mlhelpers.validation import check_bool, check_positive, check_positive_int, check_steps, describe
 
 
 def sample_goals(num_tasks: int, generator: torch.Generator, low: float = -0.5, high: float = 0.5) -> Tensor:
@@ -141,6 +141,7 @@ def rollout(
         raise TypeError(f"env must be a PointNavigation, got {describe(env)}")
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {describe(generator)}")
+    check_bool("deterministic", deterministic)
     position = env.reset(num_episodes)
     obs, acts, rews = [], [], []
     for _ in range(env.horizon):
@@ -182,11 +183,11 @@ def reinforce_loss(
         raise ValueError(f"gamma must be a number in [0, 1], got {gamma!r}")
     G = reward_to_go(trajectories.rewards, float(gamma))
     episodes = G.shape[1]
-    if baseline:
+    if check_bool("baseline", baseline):
         if episodes < 2:
             raise ValueError(f"a leave-one-out baseline needs at least 2 episodes per task, got {episodes}")
         G = G - (G.sum(1, keepdim=True) - G) / (episodes - 1)
-    if normalize:
+    if check_bool("normalize", normalize):
         G = G / (G.std(dim=(1, 2), keepdim=True) + 1e-8)
     dist = distribution(policy, trajectories.observations, params)
     log_prob = dist.log_prob(trajectories.actions).sum(-1)
@@ -211,6 +212,8 @@ def adapt_policy(
     """
     check_positive("inner_lr", inner_lr)
     check_steps("steps", steps)
+    check_bool("create_graph", create_graph)
+    check_bool("normalize", normalize)
     current = params if params is not None else task_params(policy, len(env))
     out = [current]
     for _ in range(steps):

@@ -177,3 +177,16 @@ def test_adapt_policy_is_differentiable_only_with_create_graph():
     assert all(torch.isfinite(x).all() for x in grads)
     detached = adapt_policy(policy, env, inner_lr=0.1, steps=1, num_episodes=4, generator=g)[-1]
     assert all(v.grad_fn is None for v in detached.values())
+
+
+def test_switches_take_only_bools():
+    """A string is truthy: normalize='no' used to switch normalisation on."""
+    policy, env = GaussianPolicy(), PointNavigation(sample_goals(2, torch.Generator().manual_seed(0)))
+    trajectories = rollout(policy, env, 3, torch.Generator().manual_seed(1))
+    with pytest.raises(TypeError, match="normalize must be a bool, got str 'no'"):
+        reinforce_loss(policy, trajectories, normalize="no")
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        rollout(policy, env, 3, torch.Generator().manual_seed(1), deterministic="yes")
+    with pytest.raises(TypeError, match="create_graph must be a bool"):
+        adapt_policy(policy, env, inner_lr=0.1, steps=1, num_episodes=3, generator=torch.Generator(),
+                     create_graph=1)

@@ -316,6 +316,7 @@ TRIGGERS: dict[str, Callable] = {
     # EpisodicSampler
     "sampler-dataset": lambda: EpisodicSampler([1, 2, 3], 2, 1, 1),
     "sampler-size-type": lambda: EpisodicSampler(make_dataset(), 2, 1.5, 1),
+    "sampler-flag": lambda: EpisodicSampler(make_dataset(), 3, 1, 1, split="train", rotations="no"),
     "sampler-size-range": lambda: EpisodicSampler(make_dataset(), 0, 1, 1),
     "sampler-too-many-ways": lambda: EpisodicSampler(make_dataset(), 5, 1, 1, split="test"),
     "sampler-too-many-ways-rotated": lambda: EpisodicSampler(make_dataset(), 17, 1, 1, split="test", rotations=True),

@@ -22,7 +22,7 @@ from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.protonet import class_prototypes, negative_squared_distances
 from mlhelpers.samplers.episodic import ROTATIONS
 from mlhelpers.samplers.examples import split_examples
-from mlhelpers.validation import check_module, check_positive_int
+from mlhelpers.validation import check_bool, check_module, check_positive_int
 
 Normalise = Literal["l2", "cl2n"] | None
 
@@ -48,6 +48,7 @@ def feature_mean(
     quarter turns of every example too (matching a backbone pre-trained with rotations).
     """
     check_positive_int("batch_size", batch_size)
+    check_bool("rotations", rotations)
     index, _ = split_examples(dataset, split)
     device = torch.device(device) if device is not None else module_device(backbone, "cpu")
     was_training = backbone.training

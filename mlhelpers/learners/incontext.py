@@ -25,7 +25,7 @@ from mlhelpers.sequences import (
     x_positions,
 )
 from mlhelpers.tasks import Task, check_task
-from mlhelpers.validation import check_number, check_positive_int, check_tensor, describe
+from mlhelpers.validation import check_bool, check_number, check_positive_int, check_tensor, describe
 
 
 class CausalSelfAttention(nn.Module):
@@ -178,7 +178,7 @@ class InContextLearner(MetaLearner):
         super().__init__()
         if layout not in ("interleaved", "paired"):
             raise ValueError(f"layout must be 'interleaved' or 'paired', got {layout!r}")
-        if layout == "paired" and loss_on_all_positions:
+        if layout == "paired" and check_bool("loss_on_all_positions", loss_on_all_positions):
             raise ValueError(
                 "loss_on_all_positions needs layout='interleaved': a paired token holds its own label"
             )

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.validation import check_labels, check_module, check_positive
+from mlhelpers.validation import check_bool, check_labels, check_module, check_positive
 
 
 def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
@@ -76,7 +76,7 @@ class MatchingNet(MetaLearner):
         super().__init__()
         log_scale = torch.tensor(math.log(check_positive("scale", scale)))
         self.backbone = check_module("backbone", backbone)
-        if learn_scale:
+        if check_bool("learn_scale", learn_scale):
             self.log_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_scale", log_scale)

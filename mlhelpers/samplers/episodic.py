@@ -13,7 +13,7 @@ from torch import Tensor
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int, describe
+from mlhelpers.validation import check_bool, check_positive_int, describe
 
 ROTATIONS = 4
 """Quarter turns per class with ``rotations=True``: 0, 90, 180 and 270 degrees."""
@@ -75,8 +75,8 @@ class EpisodicSampler(TaskSampler):
         self.k_shot = check_positive_int("k_shot", k_shot)
         self.q_query = check_positive_int("q_query", q_query)
         self.split = split
-        self.rotations = bool(rotations)
-        self.within_group = bool(within_group)
+        self.rotations = check_bool("rotations", rotations)
+        self.within_group = check_bool("within_group", within_group)
 
         classes = dataset.classes_of(split)
         where = f"split {split!r}" if split is not None else "the dataset"
