@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import tempfile
+import secrets
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,17 +51,22 @@ def _check_plain(value: Any, where: str) -> None:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``), creating the parent
-    directory; on failure an existing ``path`` is left untouched. ``state`` may hold only what
+    directory; on failure an existing ``path`` is left untouched. A symlink keeps pointing at the
+    file it named and an existing file keeps its permissions. ``state`` may hold only what
     ``weights_only`` loads (a TypeError names the offending entry); ``"version"`` is added if missing.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     _check_plain(state, "state")
-    path = Path(path)
+    path = Path(path).resolve()  # through a symlink: replace its target, keep the link
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Mode 0666 less the umask, as for any new file (mkstemp's 0600 would replace the file's own mode).
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as file:
+            if path.exists():
+                os.fchmod(file.fileno(), path.stat().st_mode & 0o777)
             torch.save({**state, "version": state.get("version", __version__)}, file)
             file.flush()
             os.fsync(file.fileno())

@@ -116,3 +116,25 @@ def test_rng_state_round_trip_through_a_file_restores_all_generators(tmp_path):
     second = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(first[0], second[0])
     assert first[1:] == second[1:]
+
+
+def test_save_through_a_symlink_keeps_the_link_and_the_files_mode(tmp_path):
+    """The user's link and permissions survive a save (they used to become a regular 0600 file)."""
+    target = tmp_path / "store" / "run.pt"
+    save_checkpoint(target, {"step": 1})
+    os.chmod(target, 0o640)
+    link = tmp_path / "latest.pt"
+    link.symlink_to(target)
+    save_checkpoint(link, {"step": 2})
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert load_checkpoint(link)["step"] == 2 and load_checkpoint(target)["step"] == 2
+    assert target.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_new_checkpoint_gets_the_umask_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "new.pt", {"step": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "new.pt").stat().st_mode & 0o777 == 0o644
