@@ -180,32 +180,20 @@ class NaNLoss(MetaLearner):
         return super()._meta_loss(task) * float("nan")
 
 
-class NaNLogits(MetaLearner):
-    """A 3-way classifier whose logits are NaN: their argmax is still a valid-looking label."""
+class NonFiniteOutputs(MetaLearner):
+    """A learner whose ``out_features`` outputs are all ``value`` (NaN or infinity): 3 NaN logits still
+    have a valid-looking argmax, 1 infinite output is a regressor's prediction."""
 
-    def __init__(self) -> None:
+    def __init__(self, out_features: int, value: float) -> None:
         super().__init__()
-        self.head = nn.Linear(1, 3)
+        self.head = nn.Linear(1, out_features)
+        self.value = value
 
     def _adapt(self, support_x, support_y):
         return None
 
     def _predict(self, adapted, query_x):
-        return self.head(query_x.flatten(2)[..., :1]) * float("nan")
-
-
-class InfOutputs(MetaLearner):
-    """A regressor whose predictions are infinite."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.head = nn.Linear(1, 1)
-
-    def _adapt(self, support_x, support_y):
-        return None
-
-    def _predict(self, adapted, query_x):
-        return self.head(query_x) * float("inf")
+        return self.head(query_x.flatten(2)[..., :1]) * self.value
 
 
 def dataset(**changes) -> LabelledDataset:
@@ -385,8 +373,9 @@ TRIGGERS: dict[str, Callable] = {
     "evaluate-count": lambda: evaluate(ProtoNet(nn.Flatten()), train_sampler(), num_episodes=0),
     "evaluate-learner": lambda: evaluate(nn.Linear(2, 2), train_sampler(), num_episodes=2),
     "evaluate-sampler": lambda: evaluate(ProtoNet(nn.Flatten()), [image_task()], num_episodes=2),
-    "evaluate-non-finite": lambda: evaluate(InfOutputs(), SinusoidTasks(2, 2, seed=0), num_episodes=3),
-    "evaluate-nan-logits": lambda: evaluate(NaNLogits(), train_sampler(), num_episodes=3),
+    "evaluate-non-finite": lambda: evaluate(NonFiniteOutputs(1, float("inf")), SinusoidTasks(2, 2, seed=0),
+                                            num_episodes=3),
+    "evaluate-nan-logits": lambda: evaluate(NonFiniteOutputs(3, float("nan")), train_sampler(), num_episodes=3),
     "ci-empty": lambda: mean_confidence_interval([]),
     "ci-finite": lambda: mean_confidence_interval([0.5, float("nan")]),
     "ci-confidence": lambda: mean_confidence_interval([0.5, 0.6], confidence=95),
