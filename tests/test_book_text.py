@@ -55,14 +55,29 @@ def _output_texts(cell: dict) -> list[str]:
     return texts
 
 
+# A reference to a part of the book or of a paper ("Section 4.3", "Exercises 8.2 and 8.4",
+# "arXiv:1803.02999"), a numbered heading ("## 4.3 Title") or exercise ("**7.1 Title.**"): its decimals
+# are not results.
+REFERENCE = re.compile(
+    r"(?:\b(?:[Ss]ections?|[Ee]xercises?|[Ff]igs?\.|[Ff]igures?|[Tt]ables?|[Cc]hapters?|[Ee]qs?\.|[Ee]quations?"
+    r"|[Aa]ppendix|[Ss]olutions?|[Ss]teps?)|§|arXiv:?)\s*\d+(?:\.\d+)*"
+    r"(?:\s*(?:,|and|or|to|-|–|&)\s*\d+(?:\.\d+)*)*"
+    r"|^#+\s*\d+(?:\.\d+)*"
+    r"|\*\*\d+\.\d+"  # a bold exercise or solution number: "**7.1 How many ratings ...**"
+    r"|\b\d{4}\.\d{4,5}\b",  # an arXiv identifier on its own
+    re.MULTILINE,
+)
+
+
 def _prose(cell: dict) -> str:
-    """A Markdown cell's text without its LaTeX, links' targets and inline code, where decimals are
-    notation or addresses rather than results (``$\\alpha = 0.4$`` is a setting the code shows)."""
+    """A Markdown cell's text without its LaTeX, links' targets, inline code and references, where
+    decimals are notation, addresses or section numbers rather than results (``$\\alpha = 0.4$``
+    is a setting the code shows)."""
     text = _source(cell)
     text = re.sub(r"\$\$.*?\$\$|\$[^$\n]*\$", " ", text, flags=re.DOTALL)
     text = re.sub(r"\]\([^)]*\)", "]", text)
     text = re.sub(r"`[^`\n]*`", " ", text)
-    return text
+    return REFERENCE.sub(" ", text)
 
 
 def printed_numbers(cells: list[dict]) -> list[float]:
@@ -163,3 +178,6 @@ def test_the_number_check_catches_what_it_is_for():
     assert unsupported_numbers([code, stale], {}) == [(1, "97.5"), (1, "2.94")]
     assert unsupported_numbers([code, stale], {"97.5": "paper", "2.94": "paper"}) == []
     assert NUMBER.findall("version 1.2.3 and x1.5 but 3.25") == ["3.25"]
+    references = prose("## 4.3 Title\n**8.1 An exercise.** See Section 4.3, Exercises 8.2 and 8.4, "
+                       "Figure 2.1, arXiv:1803.02999; it is 0.77.")
+    assert NUMBER.findall(_prose(references)) == ["0.77"]
