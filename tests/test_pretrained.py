@@ -137,7 +137,10 @@ def test_short_training_run_is_far_above_chance():
 def test_weights_are_declared_package_data_and_small():
     """A non-editable install copies only files matched by pyproject's package-data globs."""
     import fnmatch
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     from importlib.resources import files
     from pathlib import Path
 
