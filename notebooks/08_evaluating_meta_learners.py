@@ -305,14 +305,16 @@ plt.show()
 
 # %% [markdown]
 # The measured half-widths and the real spread of $n$-episode means follow the $1/\sqrt{n}$ line.
-# 600 episodes, a common convention of few-shot papers, give about ±0.5 points here; ten times more episodes buy only a factor $\sqrt{10} \approx 3.2$. With our
+# 600 episodes, a common convention of few-shot papers, give about ±0.5 points here; ten times
+# more episodes buy only a factor $\sqrt{10} \approx 3.2$. With our
 # seed spread, the episode interval falls below the red line after a few dozen episodes, and at 600
 # it is a quarter of it. Once the episode interval is well below the seed spread, more episodes
 # are wasted compute: the remaining uncertainty is about training, and only more training runs
 # reduce it. Two footnotes. The normal interval assumes nothing about the shape of
 # the per-episode accuracies (the central limit theorem does the work), but near 100% accuracy
 # most episodes score exactly 1 and the normal interval becomes unreliable (it can even reach
-# past 100%); Omniglot's 20-way tasks keep accuracies away from that ceiling longer. And the per-episode standard deviation $s$
+# past 100%); Omniglot's 20-way tasks keep accuracies away from that ceiling longer. And the
+# per-episode standard deviation $s$
 # depends on the number of queries: fewer queries per episode make each episode noisier and
 # need more episodes for the same interval.
 #
@@ -738,7 +740,8 @@ print(f"std of the difference of two runs: {pct(sd_diff)} points; P(|difference|
 
 # %% [markdown]
 # In the full run the probability came out at about 0.7: with our small models a 0.6-point gap is
-# the usual outcome of two runs of the same method; with larger, well-tuned models the spread is smaller, but it is never zero and a
+# the usual outcome of two runs of the same method. Larger, well-tuned models may spread less,
+# but the spread is never zero, and a
 # paper with one run per method gives no way to know it.
 #
 # **8.4.** The best-of-five on the test split is the maximum of five noisy numbers, which is
