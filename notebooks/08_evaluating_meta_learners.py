@@ -539,6 +539,7 @@ display(Markdown(
 # own ups and downs, so choosing the step on meta-test would add an optimistic bias of its own
 # (Exercise 8.4 measures such a bias for the choice of a seed).
 
+# %% [markdown]
 # ## 8.6 When meta-learning loses to a pre-trained baseline
 #
 # Chen et al. (2019) and Tian et al. (2020) showed that an ordinary classifier trained on all the
