@@ -3,5 +3,6 @@
 :mod:`.base` (the :class:`~.base.TaskSampler` interface), :mod:`.episodic` (N-way K-shot episodes
 of a labelled dataset), :mod:`.regression` (sinusoids, linear functions), :mod:`.ratings`
 (cold-start users), :mod:`.examples` (plain example batches for pre-training) and :mod:`.wrappers`
-(random affine distortions, support sets in random order). Import from the submodules.
+(random affine distortions, support sets in random order, a fixed pool of tasks). Import from the
+submodules.
 """

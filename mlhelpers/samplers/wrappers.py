@@ -1,8 +1,9 @@
-"""Samplers that transform another sampler's batches: augmentation (Chapter 4), shuffled support sets (Chapter 5).
+"""Samplers built on another sampler: augmentation (Ch. 4), shuffled support sets (Ch. 5), a fixed task pool (Ch. 8).
 
 ``AugmentedSampler(EpisodicSampler(omniglot, 60, 1, 5, "train", rotations=True))`` warps every
 support and query image; ``ShuffledSupport(EpisodicSampler(omniglot, 5, 1, 5, "train"), seed=0)``
-draws the same episodes with each support set in a random order.
+draws the same episodes with each support set in a random order;
+``TaskPool(EpisodicSampler(omniglot, 5, 1, 5, "train"), 8, seed=0)`` trains on the same 8 episodes over and over.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from mlhelpers.data.augment import random_affine
 from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.tasks import Task
-from mlhelpers.validation import describe
+from mlhelpers.validation import check_positive_int, describe
 
 
 class SamplerWrapper(TaskSampler):
@@ -79,3 +80,27 @@ class ShuffledSupport(SamplerWrapper):
 
     def _sample(self, num_tasks: int) -> Task:
         return shuffle_support(self.sampler.sample(num_tasks).to("cpu"), self.generator)
+
+
+class TaskPool(TaskSampler):
+    """A fixed pool of ``size`` tasks drawn once from ``sampler``; every batch re-uses pool tasks.
+
+    Meta-training on a small pool lets a learner memorise its tasks instead of learning to learn
+    new ones (meta-overfitting, Chapter 8). ``sample(n)`` draws ``n`` pool tasks uniformly with
+    replacement from this sampler's own generator; :attr:`tasks` is the whole pool as one batch
+    ``[size, ...]`` (to measure accuracy on exactly the tasks trained on).
+    """
+
+    def __init__(self, sampler: TaskSampler, size: int, seed: int | None = None) -> None:
+        if not isinstance(sampler, TaskSampler):
+            raise TypeError(f"sampler must be a TaskSampler, got {describe(sampler)}")
+        size = check_positive_int("size", size)
+        super().__init__(seed, sampler.device)
+        self.tasks = sampler.sample(size)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def _sample(self, num_tasks: int) -> Task:
+        index = torch.randint(len(self.tasks), (num_tasks,), generator=self.generator)
+        return self.tasks.to("cpu")[index]
