@@ -363,6 +363,8 @@ TRIGGERS: dict[str, Callable] = {
     "sampler-dataset": lambda: EpisodicSampler([1, 2, 3], 2, 1, 1),
     "sampler-size-type": lambda: EpisodicSampler(make_dataset(), 2, 1.5, 1),
     "sampler-flag": lambda: EpisodicSampler(make_dataset(), 3, 1, 1, split="train", rotations="no"),
+    "sampler-rotations-square": lambda: EpisodicSampler(dataset(images=torch.zeros(120, 1, 8, 6)), 3, 1, 1,
+                                                        split="train", rotations=True),
     "sampler-size-range": lambda: EpisodicSampler(make_dataset(), 0, 1, 1),
     "sampler-too-many-ways": lambda: EpisodicSampler(make_dataset(), 5, 1, 1, split="test"),
     "sampler-too-many-ways-rotated": lambda: EpisodicSampler(make_dataset(), 17, 1, 1, split="test", rotations=True),
@@ -386,6 +388,8 @@ TRIGGERS: dict[str, Callable] = {
         replace(t := image_task(x_shape=shape), query_x=with_nan(t.query_x, float("inf"))))),
     "learner-x-dtype": per_learner(lambda learner, shape: learner.adapt(
         torch.zeros(2, 6, *shape, dtype=torch.int64), image_task(x_shape=shape).support_y)),
+    "learner-float-width": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x.double(), image_task(x_shape=shape).support_y)),
     "learner-negative-label": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.tensor([[0, 0, 1, 1, 2, -1]] * 2))),
     "learner-label-dtype": per_learner(lambda learner, shape: learner.adapt(
