@@ -390,6 +390,8 @@ TRIGGERS: dict[str, Callable] = {
         torch.zeros(2, 6, *shape, dtype=torch.int64), image_task(x_shape=shape).support_y)),
     "learner-float-width": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x.double(), image_task(x_shape=shape).support_y)),
+    "learner-label-rank": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x, image_task(x_shape=shape).support_y[..., None])),
     "learner-negative-label": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.tensor([[0, 0, 1, 1, 2, -1]] * 2))),
     "learner-label-dtype": per_learner(lambda learner, shape: learner.adapt(
