@@ -312,6 +312,8 @@ TRIGGERS: dict[str, Callable] = {
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
     "pretrained-image-range": lambda: pretrained.load().predict_labels(
         torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]), torch.full((3, 1, 28, 28), 255.0)),
+    "pretrained-label-strings": lambda: pretrained.load().predict_labels(
+        torch.zeros(2, 1, 28, 28), ["a", "b"], torch.zeros(1, 1, 28, 28)),
     "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
                                                                    torch.zeros(3, 1, 28, 28)),
     "pretrained-schedule": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),
@@ -351,6 +353,7 @@ TRIGGERS: dict[str, Callable] = {
     "dataset-labels-dtype": lambda: dataset(labels=make_dataset().labels.int()),
     "dataset-labels-range": lambda: dataset(labels=make_dataset().labels + 1),
     "dataset-split-range": lambda: dataset(splits={"extra": torch.tensor([99])}),
+    "dataset-splits-type": lambda: dataset(splits=[torch.tensor([0])]),
     "dataset-split-overlap": lambda: dataset(splits={"a": torch.tensor([0, 1]), "b": torch.tensor([1, 2])}),
     # Omniglot
     "omniglot-type": lambda: preprocess("img"),
@@ -403,6 +406,9 @@ TRIGGERS: dict[str, Callable] = {
     "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
     "learner-empty-query": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x[:, :0])),
+    "learner-adapted-tasks": per_learner(lambda learner, shape: learner.predict(
+        learner.adapt(image_task(x_shape=shape).support_x, image_task(x_shape=shape).support_y),
+        image_task(tasks=3, x_shape=shape).query_x)),
     "learner-query-device": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
@@ -478,6 +484,7 @@ TRIGGERS: dict[str, Callable] = {
     "table-row": lambda: markdown_table(["learner", "accuracy"], [("MAML", "56.2", "extra")]),
     "seed-type": lambda: seed_everything(1.5),
     "seed-range": lambda: seed_everything(-3),
+    "seed-too-large": lambda: seed_everything(2**64),
     "quick-mode-override": lambda: set_quick_mode("yes"),
     "rng-state": lambda: set_rng_state({"torch": torch.get_rng_state()}),
     "quick-mode-env": "env",

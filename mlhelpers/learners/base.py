@@ -73,6 +73,25 @@ def task_metric(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).pow(2).flatten(1).mean(dim=1)
 
 
+def _check_adapted_tasks(adapted: Any, query_x: Tensor) -> None:
+    """A ValueError if the state ``adapt`` returned (a tensor, or a dict or tuple of tensors whose
+    leading dimensions agree: the tasks) holds another number of tasks than ``query_x``."""
+    if isinstance(adapted, Tensor):
+        parts = [adapted]
+    elif isinstance(adapted, dict):
+        parts = list(adapted.values())
+    elif isinstance(adapted, tuple):
+        parts = list(adapted)
+    else:
+        return
+    leading = {p.shape[0] for p in parts if isinstance(p, Tensor) and p.dim() >= 1}
+    if len(leading) == 1 and len(parts) == sum(isinstance(p, Tensor) and p.dim() >= 1 for p in parts):
+        tasks = leading.pop()
+        if tasks != query_x.shape[0]:
+            raise ValueError(f"adapted holds the state of {tasks} tasks (from adapt) but query_x holds "
+                             f"{query_x.shape[0]} tasks")
+
+
 class MetaLearner(nn.Module, ABC):
     """Base class: subclasses implement the hooks :meth:`_adapt` and :meth:`_predict`.
 
@@ -103,6 +122,7 @@ class MetaLearner(nn.Module, ABC):
         self._check_device("query_x", query_x)
         check_query(query_x)
         self._check_dtype(query_x=query_x)
+        _check_adapted_tasks(adapted, query_x)
         return self._predict(adapted, query_x)
 
     def forward(self, task: Task) -> Tensor:
