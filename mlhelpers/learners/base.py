@@ -74,12 +74,11 @@ def task_metric(outputs: Tensor, targets: Tensor) -> Tensor:
 
 
 def _check_adapted_tasks(adapted: Any, query_x: Tensor) -> None:
-    """A ValueError if the state ``adapt`` returned (a tensor, or a dict or tuple of tensors whose
-    leading dimensions agree: the tasks) holds another number of tasks than ``query_x``."""
+    """A ValueError if the state ``adapt`` returned (a tensor, or a tuple of tensors whose leading
+    dimensions agree: the tasks) holds another number of tasks than ``query_x``. (The gradient-based
+    learners check their fast-weight dicts themselves.)"""
     if isinstance(adapted, Tensor):
         parts = [adapted]
-    elif isinstance(adapted, dict):
-        parts = list(adapted.values())
     elif isinstance(adapted, tuple):
         parts = list(adapted)
     else:
@@ -88,8 +87,8 @@ def _check_adapted_tasks(adapted: Any, query_x: Tensor) -> None:
     if len(leading) == 1 and len(parts) == sum(isinstance(p, Tensor) and p.dim() >= 1 for p in parts):
         tasks = leading.pop()
         if tasks != query_x.shape[0]:
-            raise ValueError(f"adapted holds the state of {tasks} tasks (from adapt) but query_x holds "
-                             f"{query_x.shape[0]} tasks")
+            raise ValueError(f"adapted holds the state of {tasks} tasks but query_x holds {query_x.shape[0]} "
+                             "(predict needs the state adapt returned for the same tasks)")
 
 
 class MetaLearner(nn.Module, ABC):
