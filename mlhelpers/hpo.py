@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mlhelpers.evaluation import evaluate
+from mlhelpers.journal import SafeJournalFileBackend, repair_journal
 from mlhelpers.seeding import seed_everything
 from mlhelpers.training import meta_train
 from mlhelpers.validation import NonFiniteError, check_positive_int
@@ -115,11 +116,15 @@ def open_study(
 
     A journal file (append-only, with file locks) can be shared by processes on one machine or a
     network file system, and a later run resumes the study; for a cluster, pass a database URL as
-    ``storage`` to ``optuna.create_study`` instead.
+    ``storage`` to ``optuna.create_study`` instead. A journal torn by a crash or a full disk is
+    repaired first (:func:`~mlhelpers.journal.repair_journal`, with a warning) and appends never
+    follow a torn line (:class:`~mlhelpers.journal.SafeJournalFileBackend`): every completed trial
+    stays readable.
     """
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    repair_journal(path)
+    storage = optuna.storages.JournalStorage(SafeJournalFileBackend(path))
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     if study.direction.name.lower() != direction:

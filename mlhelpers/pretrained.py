@@ -15,12 +15,15 @@ queries of its task. The learner is :class:`mlhelpers.learners.EnsembleProtoNet`
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 from dataclasses import dataclass
 from importlib.resources import files
 
 import torch
 
+from mlhelpers.checkpoint import CHECKSUM_KEY, CorruptCheckpointError, content_sha256, read_verified
 from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.models import conv4
 from mlhelpers.validation import check_steps
@@ -71,6 +74,14 @@ PRETRAINED: dict[str, PretrainedInfo] = {
 }
 
 
+ASSET_SHA256: dict[str, str] = {
+    "protonet_omniglot.pt": "6c5c15aa58a12d99d1d355c8f9f4f9e73162df157cbf547a437dfe139eb5bb43",
+    "protonet_omniglot_plain.pt": "6e0d65467b0982f8b1472100b832be55411c67c2ce289c2d98e1c689dccc1a0e",
+}
+"""sha256 of each shipped weights file, checked by :func:`load` before the weights are read. A file
+rebuilt with a :data:`PRETRAINED` command needs its new sha256 here (``sha256sum mlhelpers/assets/*.pt``)."""
+
+
 def build(config: dict) -> EnsembleProtoNet:
     """An untrained learner of the shape a saved ``config`` describes."""
     members = [conv4(hidden_channels=config["channels"], norm="batch") for _ in range(config["members"])]
@@ -78,9 +89,11 @@ def build(config: dict) -> EnsembleProtoNet:
 
 
 def save(learner: EnsembleProtoNet, path: str, config: dict) -> None:
-    """Write ``learner``'s weights (float16, to keep the file small) with its ``config``."""
+    """Write ``learner``'s weights (float16, to keep the file small) with its ``config`` and a content
+    checksum (:func:`mlhelpers.checkpoint.content_sha256`) that :func:`load_file` verifies."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in learner.state_dict().items()}
-    torch.save({"config": config, "state": state}, path)
+    content = {"config": config, "state": state}
+    torch.save({**content, CHECKSUM_KEY: content_sha256(content)}, path)
 
 
 def load(name: str = "protonet-omniglot", device: torch.device | str = "cpu",
@@ -95,18 +108,36 @@ def load(name: str = "protonet-omniglot", device: torch.device | str = "cpu",
 
     Raises:
         ValueError: unknown ``name`` (the message lists the available ones).
+        CorruptCheckpointError: the shipped file's sha256 is not the one in :data:`ASSET_SHA256`.
     """
     if name not in PRETRAINED:
         raise ValueError(f"unknown pretrained learner {name!r}; available: {sorted(PRETRAINED)}")
-    data = files("mlhelpers").joinpath("assets", PRETRAINED[name].file).read_bytes()
+    file = PRETRAINED[name].file
+    data = files("mlhelpers").joinpath("assets", file).read_bytes()
+    found = hashlib.sha256(data).hexdigest()
+    if found != ASSET_SHA256[file]:
+        raise CorruptCheckpointError(
+            f"shipped weights file mlhelpers/assets/{file} is damaged or was changed: its sha256 is {found}, "
+            f"expected {ASSET_SHA256[file]}. Reinstall mlhelpers (pip install --force-reinstall) or restore the "
+            "file from the repository; if you rebuilt it with its command, put its new sha256 in ASSET_SHA256"
+        )
     learner = load_file(io.BytesIO(data)).to(device)
     learner.transductive_steps = check_steps("transductive_steps", transductive_steps)
     return learner
 
 
 def load_file(file: str | io.BytesIO) -> EnsembleProtoNet:
-    """The learner :func:`save` wrote to ``file`` (a path or a file object), on the CPU, in eval mode."""
-    saved = torch.load(file, map_location="cpu", weights_only=True)
+    """The learner :func:`save` wrote to ``file`` (a path or a file object), on the CPU, in eval mode.
+
+    A file that cannot be read or fails its content checksum raises
+    :class:`~mlhelpers.checkpoint.CorruptCheckpointError` (files saved before the checksum load unchecked).
+    """
+    if isinstance(file, (str, os.PathLike)) and not os.path.isfile(file):
+        raise FileNotFoundError(f"no weights file at file={os.fspath(file)!r}")
+    saved = read_verified(file, what="weights file", advice="save the learner again, or restore the file from a copy")
+    if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("state"), dict):
+        raise ValueError(f"weights file {file!r} holds keys {sorted(saved)}, not the 'config' and 'state' "
+                         "that pretrained.save writes")
     learner = build(saved["config"])
     learner.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in saved["state"].items()})
     learner.config = dict(saved["config"])

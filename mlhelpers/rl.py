@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 from torch.func import functional_call, vmap
 
-from mlhelpers.learners.functional import Params, sgd_steps
+from mlhelpers.learners.functional import Params, module_for_this_thread, sgd_steps
 from mlhelpers.models import mlp
 from mlhelpers.validation import check_bool, check_positive, check_positive_int, check_steps, describe
 
@@ -105,7 +105,8 @@ def distribution(policy: nn.Module, obs: Tensor, params: Params | None = None) -
     if params is None:
         mean, log_std = policy(obs)
     else:
-        mean, log_std = vmap(lambda p, o: functional_call(policy, p, (o,)))(params, obs)
+        here = module_for_this_thread(policy)  # functional_call swaps its weights: one module per thread
+        mean, log_std = vmap(lambda p, o: functional_call(here, p, (o,)))(params, obs)
     return Normal(mean, log_std.exp())
 
 

@@ -19,8 +19,8 @@ def seed_everything(seed: int) -> torch.Generator:
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int >= 0 and < 2**64 (what torch accepts), got {seed}")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -31,8 +31,8 @@ def make_generator(seed: int | None) -> torch.Generator:
     """A CPU ``torch.Generator``: seeded when ``seed`` is given, else from fresh entropy."""
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
-    if seed is not None and seed < 0:
-        raise ValueError(f"seed must be an int >= 0 or None, got {seed}")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int >= 0 and < 2**64 (what torch accepts) or None, got {seed}")
     generator = torch.Generator()
     if seed is None:
         generator.seed()

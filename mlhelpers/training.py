@@ -27,7 +27,16 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers import __version__
-from mlhelpers.checkpoint import _check_plain, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from mlhelpers.checkpoint import (
+    _check_plain,
+    check_writable,
+    checkpoint_lock,
+    config_differences,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from mlhelpers.evaluation import evaluate
 from mlhelpers.seeding import seed_everything
 from mlhelpers.validation import NonFiniteError, check_positive, check_positive_int, describe
@@ -98,8 +107,18 @@ def meta_train(
     Checkpoints go to ``checkpoint_path`` every ``checkpoint_every`` steps and at the end; if the file
     exists, training resumes from it, provided its configuration matches (``config`` plus
     ``meta_batch_size``, ``grad_clip`` and the optimizer's and scheduler's classes; a ValueError lists
-    differences). ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run. Batches are
+    differences). A resumed run must also be given the same optimizer settings (learning rate,
+    betas, weight decay, ...; with a scheduler, its initial learning rate) and a training sampler of
+    the same kind and settings (ways, shots, ...; :func:`sampler_settings`) as the run that wrote the
+    checkpoint, else a ValueError names what differs: the checkpoint's values would silently replace
+    the ones given. ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run. Batches are
     moved to the device of the learner's parameters.
+
+    While it runs, ``checkpoint_path`` is locked (:func:`~mlhelpers.checkpoint.checkpoint_lock`): a
+    second run on the same path, in this process or another, raises
+    :class:`~mlhelpers.checkpoint.CheckpointInUseError` instead of overwriting the first one's
+    checkpoints. An empty path, a directory or a place where no file can be written is refused before
+    any training time is spent.
     """
     params, optimizer, grad_clip = _check_arguments(
         learner, train_sampler, val_sampler, optimizer, scheduler, seed=seed, grad_clip=grad_clip, steps=steps,
@@ -109,8 +128,26 @@ def meta_train(
     if scheduler is not None:  # only then, so that checkpoints of runs without one still resume
         loop["scheduler"] = type(scheduler).__name__
     run_config = _run_config(config, **loop)
+    if checkpoint_path is None:
+        return _meta_train(learner, train_sampler, val_sampler, None, params, optimizer, scheduler, run_config,
+                           grad_clip=grad_clip, steps=steps, meta_batch_size=meta_batch_size, val_every=val_every,
+                           val_episodes=val_episodes, checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+    check_writable(checkpoint_path)
+    with checkpoint_lock(checkpoint_path):
+        return _meta_train(learner, train_sampler, val_sampler, Path(checkpoint_path), params, optimizer, scheduler,
+                           run_config, grad_clip=grad_clip, steps=steps, meta_batch_size=meta_batch_size,
+                           val_every=val_every, val_episodes=val_episodes, checkpoint_every=checkpoint_every,
+                           seed=seed, progress=progress)
+
+
+def _meta_train(
+    learner: nn.Module, train_sampler: Any, val_sampler: Any, path: Path | None, params: list[nn.Parameter],
+    optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None, run_config: dict[str, Any], *,
+    grad_clip: float | None, steps: int, meta_batch_size: int, val_every: int, val_episodes: int,
+    checkpoint_every: int, seed: int | None, progress: bool,
+) -> History:
+    """The loop of :func:`meta_train`, its arguments checked (and ``path`` locked)."""
     samplers = {"train": train_sampler, "val": val_sampler}
-    path = Path(checkpoint_path) if checkpoint_path is not None else None
     if path is not None and path.exists():
         start, history, seed = _resume(path, run_config, learner, optimizer, scheduler, samplers, steps=steps,
                                        seed=seed)
@@ -206,6 +243,16 @@ def _resume(
             f"checkpoint {str(path)!r} lacks {missing}: it was not written by meta_train; "
             "use another checkpoint_path"
         )
+    _check_same_optimizer(path, state["optimizer"], optimizer, scheduler)
+    saved_sampler = state.get("sampler_settings")
+    if saved_sampler is not None:  # checkpoints written before it was stored resume as before
+        differences = config_differences(saved_sampler, sampler_settings(samplers["train"]))
+        if differences:
+            lines = "; ".join(f"{k!r}: saved {a!r}, given {b!r}" for k, (a, b) in differences.items())
+            raise ValueError(
+                f"checkpoint {str(path)!r} was trained on another train_sampler ({lines}); resuming would mix "
+                "two task distributions. Pass the sampler the run started with, or another checkpoint_path"
+            )
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
@@ -230,6 +277,57 @@ def _resume(
         samplers["val"].load_state_dict(state["samplers"]["val"])
     set_rng_state(state["rng"])
     return start, History.from_dict(state["history"]), state.get("seed", seed)
+
+
+_SCHEDULED = ("lr", "initial_lr")
+"""Optimizer settings a scheduler changes as it steps (its initial learning rate is compared instead)."""
+
+
+def _check_same_optimizer(path: Path, saved: Any, optimizer: torch.optim.Optimizer,
+                          scheduler: LRScheduler | None) -> None:
+    """A ValueError if ``optimizer``'s settings (learning rate, betas, ...) differ from the saved ones,
+    which loading the saved state would silently put in their place."""
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or len(groups) != len(optimizer.param_groups):
+        count = len(groups) if isinstance(groups, list) else "no"
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds an optimizer with {count} parameter groups, the "
+            f"{type(optimizer).__name__} given has {len(optimizer.param_groups)}"
+        )
+    lines = []
+    for i, (old, new) in enumerate(zip(groups, optimizer.param_groups)):
+        def settings(group: dict) -> dict:
+            skip = {"params", "initial_lr", "lr"} if scheduler is not None else {"params", "initial_lr"}
+            kept = {k: v for k, v in group.items() if k not in skip}
+            if scheduler is not None and "initial_lr" in group:
+                kept["initial lr"] = group["initial_lr"]
+            return kept
+        for key, (a, b) in config_differences(settings(old), settings(new)).items():
+            lines.append(f"{key!r}" + (f" of group {i}" if len(groups) > 1 else "") + f": saved {a!r}, given {b!r}")
+    if lines:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written with other optimizer settings ({'; '.join(lines)}); "
+            "resuming would silently use the saved ones. Pass the settings the run started with, or "
+            "another checkpoint_path to train with the new ones"
+        )
+
+
+def sampler_settings(sampler: Any) -> dict[str, Any]:
+    """What defines a sampler's task distribution, as plain values: its class and every public
+    attribute that is a number, string, bool or None (ways, shots, split, ranges, ...), with those of
+    a wrapped ``sampler.sampler`` under ``"inner"``. Stored in checkpoints to refuse resuming with
+    another sampler."""
+    settings: dict[str, Any] = {"class": type(sampler).__name__}
+    for key, value in sorted(vars(sampler).items()) if hasattr(sampler, "__dict__") else []:
+        if key.startswith("_"):
+            continue
+        if isinstance(value, (str, int, float, bool, type(None))):
+            settings[key] = value
+        elif isinstance(value, (tuple, list)) and all(isinstance(v, (str, int, float, bool)) for v in value):
+            settings[key] = list(value)
+        elif key == "sampler" and callable(getattr(value, "sample", None)):
+            settings["inner"] = sampler_settings(value)
+    return settings
 
 
 def _train_step(
@@ -273,6 +371,7 @@ def _save(
         "rng": rng_state(),
         "config": run_config,
         "seed": seed,
+        "sampler_settings": sampler_settings(samplers["train"]),
         "version": __version__,
     })
 

@@ -190,10 +190,17 @@ def check_support(support_x: Any, support_y: Any) -> None:
 
 
 def check_targets(name: str, targets: Tensor) -> Tensor:
-    """Regression targets (floating point, finite) or class labels (int64 / int32, >= 0)."""
+    """Regression targets (floating point, finite) or class labels (an integer dtype, >= 0, shaped
+    ``[tasks, n]``: a trailing dimension such as ``[tasks, n, 1]`` is a ValueError naming ``name``)."""
     if targets.is_floating_point():
         return check_finite(name, targets)
-    return check_labels(name, targets)
+    check_labels(name, targets)
+    if targets.dim() != 2:
+        raise ValueError(
+            f"{name} holds integer class labels, which must be [tasks, n], got shape {tuple(targets.shape)}; "
+            "use .squeeze(-1) for [tasks, n, 1], or float targets for regression"
+        )
+    return targets
 
 
 def check_query(query_x: Any) -> None:

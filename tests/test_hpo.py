@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import optuna
 import pytest
@@ -146,3 +148,66 @@ def test_a_trial_whose_validation_outputs_diverge_is_pruned():
     trial = one_trial(nan_at_eval)
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert trial.user_attrs["diverged_at"] == 0
+
+
+# --- a journal torn by a crash or a full disk (issue 24, item 8) ------------------------------
+
+
+def _complete(study: optuna.Study, n: int, start: float = 0.0) -> None:
+    for i in range(n):
+        trial = study.ask()
+        study.tell(trial, start + i)
+
+
+def _values(path, name: str = "s") -> list[float]:
+    study = optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))))
+    return sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
+    """A torn last line used to be glued to the next append: from then on JSONDecodeError."""
+    path = tmp_path / "s.log"
+    _complete(open_study("s", path), 3)
+    with open(path, "ab") as file:  # the disk filled in the middle of a write
+        file.write(b'{"op_code":5,"worker_id":"x","trial_id":3,"sta')
+    with pytest.warns(UserWarning, match="torn line"):
+        study = open_study("s", path)
+    _complete(study, 2, start=10.0)
+    assert _values(path) == [0.0, 1.0, 2.0, 10.0, 11.0]  # plain Optuna reads it back
+    assert path.read_bytes().endswith(b"}\n")
+
+
+def test_a_journal_glued_by_the_old_code_is_repaired(tmp_path):
+    path = tmp_path / "s.log"
+    _complete(open_study("s", path), 2)
+    lines = path.read_bytes().split(b"\n")[:-1]
+    torn = lines[-1][: len(lines[-1]) // 2]  # the last log was cut in half, the next one glued to it
+    glued = b"\n".join(lines[:-1]) + b"\n" + torn + lines[-1] + b"\n" + lines[-1][:10]
+    path.write_bytes(glued)
+    with pytest.raises(json.JSONDecodeError):
+        _values(path)
+    with pytest.warns(UserWarning, match="2 torn line"):
+        study = open_study("s", path)
+    assert sorted(t.value for t in study.trials) == [0.0, 1.0]
+    _complete(study, 1, start=5.0)
+    assert _values(path) == [0.0, 1.0, 5.0]
+
+
+def test_a_failed_append_leaves_no_torn_line(tmp_path, monkeypatch):
+    path = tmp_path / "s.log"
+    study = open_study("s", path)
+    _complete(study, 1)
+    before = path.read_bytes()
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        study.ask()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == before  # the partial append was undone
+    _complete(open_study("s", path), 1, start=3.0)
+    assert _values(path) == [0.0, 3.0]

@@ -1,13 +1,16 @@
 """The learner shipped with the package: mlhelpers.pretrained, and the recipe that made it (Chapter 4)."""
 
+import hashlib
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from mlhelpers import pretrained, recipe
+from mlhelpers.checkpoint import CorruptCheckpointError
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import EnsembleProtoNet, ProtoNet
@@ -208,3 +211,45 @@ def test_loading_does_not_import_the_recipe_or_the_training_loop():
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+# --- damaged or edited weights (issue 24, item 6) ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(pretrained.PRETRAINED))
+def test_shipped_files_match_their_listed_sha256(name):
+    file = pretrained.PRETRAINED[name].file
+    data = (Path(pretrained.__file__).parent / "assets" / file).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == pretrained.ASSET_SHA256[file]
+
+
+def test_an_edited_weight_in_a_shipped_file_is_refused(tmp_path, monkeypatch):
+    """One weight tensor edited inside the shipped file used to load silently."""
+    original = Path(pretrained.__file__).parent / "assets" / "protonet_omniglot.pt"
+    saved = torch.load(original, weights_only=True)
+    key = next(k for k, v in saved["state"].items() if v.is_floating_point())
+    saved["state"][key] = saved["state"][key] + 0.01
+    fake = tmp_path / "mlhelpers"
+    (fake / "assets").mkdir(parents=True)
+    torch.save(saved, fake / "assets" / "protonet_omniglot.pt")
+    monkeypatch.setattr(pretrained, "files", lambda package: fake)  # the package, with the edited file
+    with pytest.raises(CorruptCheckpointError, match="protonet_omniglot.pt is damaged or was changed"):
+        pretrained.load()
+
+
+def test_saved_learner_carries_a_checksum_verified_on_load(tmp_path):
+    config = {"channels": 2, "members": 1, "tta_shift": 0}
+    path = tmp_path / "w.pt"
+    pretrained.save(pretrained.build(config), str(path), config)
+    assert pretrained.load_file(str(path)).config == config
+    saved = torch.load(path, weights_only=True)
+    key = next(k for k, v in saved["state"].items() if v.is_floating_point())
+    saved["state"][key] = saved["state"][key] * 2  # an edit that keeps the checksum written before it
+    torch.save(saved, path)
+    with pytest.raises(CorruptCheckpointError, match="content sha256"):
+        pretrained.load_file(str(path))
+    path.write_bytes(b"")
+    with pytest.raises(CorruptCheckpointError, match="empty"):
+        pretrained.load_file(str(path))
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        pretrained.load_file(str(tmp_path / "none.pt"))

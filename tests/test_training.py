@@ -1,9 +1,11 @@
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import assert_same_state, clone_state, synthetic_dataset
-from mlhelpers.checkpoint import load_checkpoint
+from mlhelpers.checkpoint import CheckpointInUseError, load_checkpoint, save_checkpoint
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import MetaLearner, ProtoNet
 from mlhelpers.models import conv4, mlp
@@ -291,3 +293,150 @@ def test_scheduler_must_drive_the_optimizer():
         meta_train(learner, train_sampler(), steps=1, meta_batch_size=1, optimizer=optimizer, scheduler="step")
     with pytest.raises(ValueError, match="scheduler must schedule the optimizer given to meta_train"):
         meta_train(learner, train_sampler(), steps=1, meta_batch_size=1, scheduler=scheduler)
+
+
+# --- resuming with other settings, two runs on one path, unwritable paths (issue 24) ----------
+
+
+def test_resume_refuses_another_learning_rate_or_optimizer_setting(tmp_path):
+    """The saved optimizer state used to replace the learning rate given, without a word."""
+    path = tmp_path / "run.pt"
+    kwargs = dict(meta_batch_size=2, progress=False, checkpoint_path=path, seed=0)
+    learner = mlp_protonet()
+    meta_train(learner, train_sampler(), steps=2, optimizer=torch.optim.Adam(learner.parameters(), lr=1e-3),
+               **kwargs)
+    learner = mlp_protonet()
+    with pytest.raises(ValueError, match=r"other optimizer settings \('lr': saved 0.001, given 0.01\)"):
+        meta_train(learner, train_sampler(), steps=4, optimizer=torch.optim.Adam(learner.parameters(), lr=1e-2),
+                   **kwargs)
+    with pytest.raises(ValueError, match=r"'weight_decay': saved 0, given 0.1"):
+        meta_train(learner, train_sampler(), steps=4,
+                   optimizer=torch.optim.Adam(learner.parameters(), lr=1e-3, weight_decay=0.1), **kwargs)
+    history = meta_train(learner, train_sampler(), steps=4,
+                         optimizer=torch.optim.Adam(learner.parameters(), lr=1e-3), **kwargs)
+    assert history.steps == [1, 2, 3, 4]
+
+
+def test_resume_with_a_scheduler_compares_the_initial_learning_rate(tmp_path):
+    path = tmp_path / "run.pt"
+    kwargs = dict(meta_batch_size=2, progress=False, checkpoint_path=path, seed=0)
+    learner = mlp_protonet()
+    meta_train(learner, train_sampler(), steps=3, **dict(zip(("optimizer", "scheduler"), _scheduled(learner))),
+               **kwargs)  # the saved lr has decayed: only the initial one must match
+    meta_train(learner, train_sampler(), steps=4, **dict(zip(("optimizer", "scheduler"), _scheduled(learner))),
+               **kwargs)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=5e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    with pytest.raises(ValueError, match=r"'initial lr': saved 0.01, given 0.05"):
+        meta_train(learner, train_sampler(), steps=6, optimizer=optimizer, scheduler=scheduler, **kwargs)
+
+
+def test_resume_refuses_another_training_sampler(tmp_path):
+    """A sampler with other ways or shots used to resume without complaint."""
+    path = tmp_path / "run.pt"
+    kwargs = dict(meta_batch_size=2, progress=False, checkpoint_path=path, seed=0)
+    meta_train(mlp_protonet(), train_sampler(), steps=2, **kwargs)
+    other_ways = EpisodicSampler(DATA, 3, 5, 5, split="train", seed=0)
+    with pytest.raises(ValueError, match=r"another train_sampler \('n_way': saved 5, given 3\)"):
+        meta_train(mlp_protonet(), other_ways, steps=4, **kwargs)
+    other_family = SinusoidTasks(5, 5, seed=0)
+    with pytest.raises(ValueError, match=r"'class': saved 'EpisodicSampler', given 'SinusoidTasks'"):
+        meta_train(mlp_protonet(), other_family, steps=4, **kwargs)
+    meta_train(mlp_protonet(), train_sampler(), steps=4, **kwargs)  # the same settings resume
+
+
+def test_checkpoints_without_sampler_settings_still_resume(tmp_path):
+    path = tmp_path / "run.pt"
+    kwargs = dict(meta_batch_size=2, progress=False, checkpoint_path=path, seed=0)
+    meta_train(mlp_protonet(), train_sampler(), steps=2, **kwargs)
+    state = load_checkpoint(path)
+    del state["sampler_settings"]
+    save_checkpoint(path, state)
+    assert meta_train(mlp_protonet(), train_sampler(), steps=3, **kwargs).steps == [1, 2, 3]
+
+
+class SecondRunInside(MetaLearner):
+    """A ProtoNet that, on its first meta-loss, starts another ``meta_train`` on the same checkpoint."""
+
+    def __init__(self, path) -> None:
+        super().__init__()
+        self.inner, self.path, self.error = mlp_protonet(), path, None
+
+    def _adapt(self, support_x, support_y):
+        return self.inner.adapt(support_x, support_y)
+
+    def _predict(self, adapted, query_x):
+        return self.inner.predict(adapted, query_x)
+
+    def _meta_loss(self, task):
+        if self.error is None:
+            try:
+                meta_train(mlp_protonet(seed=1), train_sampler(seed=1), steps=2, meta_batch_size=2,
+                           progress=False, checkpoint_path=self.path, seed=1)
+            except CheckpointInUseError as error:
+                self.error = error
+        return super()._meta_loss(task)
+
+
+def test_two_runs_on_one_checkpoint_path_refuse_the_second(tmp_path):
+    """Two runs on one path (other seeds) used to both finish, one overwriting the other."""
+    path = tmp_path / "run.pt"
+    learner = SecondRunInside(path)
+    meta_train(learner, train_sampler(), steps=2, meta_batch_size=2, progress=False, checkpoint_path=path, seed=0)
+    assert isinstance(learner.error, CheckpointInUseError)
+    assert "is in use by pid" in str(learner.error) and "another checkpoint_path" in str(learner.error)
+    assert load_checkpoint(path)["seed"] == 0  # the first run's checkpoint, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]  # lock released and deleted
+
+
+class Counting(MetaLearner):
+    """A ProtoNet that counts its meta-loss calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner, self.calls = mlp_protonet(), 0
+
+    def _adapt(self, support_x, support_y):
+        return self.inner.adapt(support_x, support_y)
+
+    def _predict(self, adapted, query_x):
+        return self.inner.predict(adapted, query_x)
+
+    def _meta_loss(self, task):
+        self.calls += 1
+        return super()._meta_loss(task)
+
+
+def _refused_before_training(path, error, match):
+    learner = Counting()
+    with pytest.raises(error, match=match):
+        meta_train(learner, train_sampler(), steps=2, meta_batch_size=2, progress=False, checkpoint_path=path)
+    assert learner.calls == 0  # no training time was spent
+
+
+def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path, monkeypatch):
+    """A read-only directory used to be reported at the first checkpoint, after the training time."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere: then the next case stands in
+            _refused_before_training(locked / "run.pt", PermissionError, "cannot write a file in directory")
+    finally:
+        locked.chmod(0o700)
+    real_open = os.open
+
+    def read_only_disk(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise OSError(30, "Read-only file system", path)  # EROFS, what a read-only mount gives root too
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only_disk)
+    _refused_before_training(tmp_path / "run.pt", PermissionError, "Read-only file system")
+
+
+def test_directory_empty_or_file_parent_checkpoint_path_is_refused_before_training(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    _refused_before_training(tmp_path, ValueError, "is a directory")
+    _refused_before_training("", ValueError, "empty path")
+    _refused_before_training(tmp_path / "notes.txt" / "run.pt", ValueError, "cannot write a file in directory")

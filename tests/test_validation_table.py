@@ -9,6 +9,7 @@ error class of the "Error" column and the message contains every backticked frag
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,14 @@ from torch import nn
 
 from conftest import make_dataset
 from mlhelpers import pretrained, recipe
-from mlhelpers.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from mlhelpers.checkpoint import (
+    CheckpointInUseError,
+    CorruptCheckpointError,
+    checkpoint_lock,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
 from mlhelpers.data.augment import shifted_copies
@@ -59,7 +67,8 @@ from mlhelpers.training import meta_train
 from mlhelpers.validation import NonFiniteError
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "validation.md"
-ERRORS = {e.__name__: e for e in (ValueError, TypeError, RuntimeError, NonFiniteError, FileNotFoundError)}
+ERRORS = {e.__name__: e for e in (ValueError, TypeError, RuntimeError, NonFiniteError, FileNotFoundError,
+                                   PermissionError, CorruptCheckpointError, CheckpointInUseError)}
 
 
 def parse_table(text: str) -> list[dict[str, object]]:
@@ -210,6 +219,53 @@ def checkpoint_run(tmp: Path, **kwargs) -> Path:
     return path
 
 
+def damaged_checkpoint(tmp: Path) -> None:
+    save_checkpoint(tmp / "run.pt", {"step": 1})
+    (tmp / "broken.pt").write_bytes((tmp / "run.pt").read_bytes()[:100])
+    load_checkpoint(tmp / "broken.pt")
+
+
+def flipped_checkpoint(tmp: Path) -> None:
+    weights = torch.arange(16, dtype=torch.float32)
+    save_checkpoint(tmp / "run.pt", {"step": 1, "weights": weights})
+    data = bytearray((tmp / "run.pt").read_bytes())
+    data[data.index(weights.numpy().tobytes()) + 5] ^= 0x01
+    (tmp / "run.pt").write_bytes(bytes(data))
+    load_checkpoint(tmp / "run.pt")
+
+
+def unwritable_checkpoint(tmp: Path) -> None:
+    locked = tmp / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        # root may write anywhere; /sys refuses a new file even to root
+        place = locked if not os.access(locked, os.W_OK) else Path("/sys")
+        train(checkpoint_path=place / "run.pt")
+    finally:
+        locked.chmod(0o700)
+
+
+def checkpoint_in_use(tmp: Path) -> None:
+    with checkpoint_lock(tmp / "run.pt"):
+        train(checkpoint_path=tmp / "run.pt")
+
+
+def changed_asset() -> None:
+    saved = dict(pretrained.ASSET_SHA256)
+    pretrained.ASSET_SHA256["protonet_omniglot.pt"] = "0" * 64  # as if the file's bytes had changed
+    try:
+        pretrained.load()
+    finally:
+        pretrained.ASSET_SHA256.update(saved)
+
+
+def damaged_weights_file(tmp: Path) -> None:
+    pretrained.save(pretrained.build({"channels": 2, "members": 1, "tta_shift": 0}), tmp / "w.pt",
+                    {"channels": 2, "members": 1, "tta_shift": 0})
+    (tmp / "w.pt").write_bytes((tmp / "w.pt").read_bytes()[:-200])
+    pretrained.load_file(tmp / "w.pt")
+
+
 # --- one trigger per row --------------------------------------------------------------------
 
 def _search_network():
@@ -251,9 +307,13 @@ TRIGGERS: dict[str, Callable] = {
     # the pretrained learner, augmentation, tuning and architecture search
     "pretrained-name": lambda: pretrained.load("resnet"),
     "pretrained-transductive": lambda: pretrained.load(transductive_steps=1.5),
+    "pretrained-asset-checksum": changed_asset,
+    "pretrained-file-damaged": damaged_weights_file,
     "pretrained-images": lambda: pretrained.load().predict_labels([1], torch.zeros(5), torch.zeros(3, 1, 28, 28)),
     "pretrained-image-range": lambda: pretrained.load().predict_labels(
         torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]), torch.full((3, 1, 28, 28), 255.0)),
+    "pretrained-label-strings": lambda: pretrained.load().predict_labels(
+        torch.zeros(2, 1, 28, 28), ["a", "b"], torch.zeros(1, 1, 28, 28)),
     "pretrained-labels": lambda: pretrained.load().predict_labels(torch.zeros(5, 1, 28, 28), torch.zeros(5),
                                                                    torch.zeros(3, 1, 28, 28)),
     "pretrained-schedule": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),
@@ -293,6 +353,7 @@ TRIGGERS: dict[str, Callable] = {
     "dataset-labels-dtype": lambda: dataset(labels=make_dataset().labels.int()),
     "dataset-labels-range": lambda: dataset(labels=make_dataset().labels + 1),
     "dataset-split-range": lambda: dataset(splits={"extra": torch.tensor([99])}),
+    "dataset-splits-type": lambda: dataset(splits=[torch.tensor([0])]),
     "dataset-split-overlap": lambda: dataset(splits={"a": torch.tensor([0, 1]), "b": torch.tensor([1, 2])}),
     # Omniglot
     "omniglot-type": lambda: preprocess("img"),
@@ -305,6 +366,8 @@ TRIGGERS: dict[str, Callable] = {
     "sampler-dataset": lambda: EpisodicSampler([1, 2, 3], 2, 1, 1),
     "sampler-size-type": lambda: EpisodicSampler(make_dataset(), 2, 1.5, 1),
     "sampler-flag": lambda: EpisodicSampler(make_dataset(), 3, 1, 1, split="train", rotations="no"),
+    "sampler-rotations-square": lambda: EpisodicSampler(dataset(images=torch.zeros(120, 1, 8, 6)), 3, 1, 1,
+                                                        split="train", rotations=True),
     "sampler-size-range": lambda: EpisodicSampler(make_dataset(), 0, 1, 1),
     "sampler-too-many-ways": lambda: EpisodicSampler(make_dataset(), 5, 1, 1, split="test"),
     "sampler-too-many-ways-rotated": lambda: EpisodicSampler(make_dataset(), 17, 1, 1, split="test", rotations=True),
@@ -328,6 +391,10 @@ TRIGGERS: dict[str, Callable] = {
         replace(t := image_task(x_shape=shape), query_x=with_nan(t.query_x, float("inf"))))),
     "learner-x-dtype": per_learner(lambda learner, shape: learner.adapt(
         torch.zeros(2, 6, *shape, dtype=torch.int64), image_task(x_shape=shape).support_y)),
+    "learner-float-width": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x.double(), image_task(x_shape=shape).support_y)),
+    "learner-label-rank": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x, image_task(x_shape=shape).support_y[..., None])),
     "learner-negative-label": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.tensor([[0, 0, 1, 1, 2, -1]] * 2))),
     "learner-label-dtype": per_learner(lambda learner, shape: learner.adapt(
@@ -339,6 +406,9 @@ TRIGGERS: dict[str, Callable] = {
     "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
     "learner-empty-query": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x[:, :0])),
+    "learner-adapted-tasks": per_learner(lambda learner, shape: learner.predict(
+        learner.adapt(image_task(x_shape=shape).support_x, image_task(x_shape=shape).support_y),
+        image_task(tasks=3, x_shape=shape).query_x)),
     "learner-query-device": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
@@ -397,6 +467,16 @@ TRIGGERS: dict[str, Callable] = {
                                        train(checkpoint_path=tmp / "other.pt")),
     "checkpoint-unsaveable": lambda tmp: save_checkpoint(tmp / "x.pt", {"f": print}),
     "checkpoint-missing": lambda tmp: load_checkpoint(tmp / "nothing.pt"),
+    "checkpoint-damaged": damaged_checkpoint,
+    "checkpoint-checksum": flipped_checkpoint,
+    "checkpoint-path-directory": lambda tmp: train(checkpoint_path=tmp),
+    "checkpoint-unwritable": unwritable_checkpoint,
+    "checkpoint-in-use": checkpoint_in_use,
+    "resume-optimizer": lambda tmp: train(checkpoint_path=checkpoint_run(tmp), steps=4, seed=3, config={"lr": 1e-3},
+                                          learner=(m := ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)))),
+                                          optimizer=torch.optim.Adam(m.parameters(), lr=1e-2)),
+    "resume-sampler": lambda tmp: train(checkpoint_path=checkpoint_run(tmp), steps=4, seed=3, config={"lr": 1e-3},
+                                        sampler=EpisodicSampler(make_dataset(), 2, 1, 1, split="train", seed=0)),
     # Plotting, seeding, configuration
     "plot-task": lambda: show_episode({"support_x": 1}),
     "plot-kind": lambda: plot_regression_tasks(image_task()),
@@ -404,6 +484,7 @@ TRIGGERS: dict[str, Callable] = {
     "table-row": lambda: markdown_table(["learner", "accuracy"], [("MAML", "56.2", "extra")]),
     "seed-type": lambda: seed_everything(1.5),
     "seed-range": lambda: seed_everything(-3),
+    "seed-too-large": lambda: seed_everything(2**64),
     "quick-mode-override": lambda: set_quick_mode("yes"),
     "rng-state": lambda: set_rng_state({"torch": torch.get_rng_state()}),
     "quick-mode-env": "env",

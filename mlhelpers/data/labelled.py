@@ -47,6 +47,8 @@ class LabelledDataset:
         if isinstance(self.class_names, str) or not all(isinstance(n, str) for n in self.class_names):
             raise TypeError(f"class_names must be a list of str, got {describe(self.class_names)}")
         check_same_device(images=self.images, labels=self.labels)
+        if not isinstance(self.splits, dict):
+            raise TypeError(f"splits must be a dict split name -> class ids, got {describe(self.splits)}")
         for name, classes in self.splits.items():
             if not isinstance(classes, Tensor) or classes.dim() != 1 or classes.dtype != torch.int64:
                 raise TypeError(f"splits[{name!r}] must be a 1-D int64 tensor of class ids, got {describe(classes)}")

@@ -4,6 +4,13 @@ Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Metric-based (Chapt
 MatchingNet, RelationNet, the pretrained NearestCentroid baseline, and EnsembleProtoNet (the shipped
 learner of :mod:`mlhelpers.pretrained`). In-context (Chapter 5):
 InContextLearner on a CausalTransformer.
+
+Threads: every learner may be called (``forward``, ``adapt``, ``predict``, ``meta_loss``) from several
+threads at once and gives each call its own answer. The metric and in-context learners keep no
+state between calls; the gradient-based ones run ``functional_call`` on a module of the calling
+thread (:func:`~mlhelpers.learners.functional.module_for_this_thread`; ``tests/test_thread_safety.py``).
+Not thread-safe anywhere: training one learner from several threads (the optimizer steps race),
+and BatchNorm running statistics updated in training mode.
 """
 
 from mlhelpers.learners.base import MetaLearner, task_loss, task_metric

@@ -73,6 +73,24 @@ def task_metric(outputs: Tensor, targets: Tensor) -> Tensor:
     return (outputs - targets).pow(2).flatten(1).mean(dim=1)
 
 
+def _check_adapted_tasks(adapted: Any, query_x: Tensor) -> None:
+    """A ValueError if the state ``adapt`` returned (a tensor, or a tuple of tensors whose leading
+    dimensions agree: the tasks) holds another number of tasks than ``query_x``. (The gradient-based
+    learners check their fast-weight dicts themselves.)"""
+    if isinstance(adapted, Tensor):
+        parts = [adapted]
+    elif isinstance(adapted, tuple):
+        parts = list(adapted)
+    else:
+        return
+    leading = {p.shape[0] for p in parts if isinstance(p, Tensor) and p.dim() >= 1}
+    if len(leading) == 1 and len(parts) == sum(isinstance(p, Tensor) and p.dim() >= 1 for p in parts):
+        tasks = leading.pop()
+        if tasks != query_x.shape[0]:
+            raise ValueError(f"adapted holds the state of {tasks} tasks but query_x holds {query_x.shape[0]} "
+                             "(predict needs the state adapt returned for the same tasks)")
+
+
 class MetaLearner(nn.Module, ABC):
     """Base class: subclasses implement the hooks :meth:`_adapt` and :meth:`_predict`.
 
@@ -95,22 +113,27 @@ class MetaLearner(nn.Module, ABC):
         """Adapt to each task's support set ``[tasks, n_support, ...]``; return the adapted state."""
         self._check_device("support_x", support_x)
         check_support(support_x, support_y)
+        self._check_dtype(support_x=support_x, support_y=support_y)
         return self._adapt(support_x, support_y)
 
     def predict(self, adapted: Any, query_x: Tensor) -> Tensor:
         """Outputs ``[tasks, n_query, out]`` on the query inputs, using the adapted state."""
         self._check_device("query_x", query_x)
         check_query(query_x)
+        self._check_dtype(query_x=query_x)
+        _check_adapted_tasks(adapted, query_x)
         return self._predict(adapted, query_x)
 
     def forward(self, task: Task) -> Tensor:
         """Adapt on the support set and predict the query set: ``[tasks, n_query, out]``."""
         check_task(task, module_device(self))
+        self._check_task_dtype(task)
         return self._forward(task)
 
     def meta_loss(self, task: Task) -> Tensor:
         """Scalar query loss after adaptation, averaged over the batch of tasks."""
         check_task(task, module_device(self))
+        self._check_task_dtype(task)
         return self._meta_loss(task)
 
     def _check_device(self, name: str, x: Any) -> None:
@@ -118,6 +141,21 @@ class MetaLearner(nn.Module, ABC):
         device = module_device(self)
         if device is not None and isinstance(x, Tensor) and x.device != device:
             raise ValueError(f"{name} is on {x.device} but the learner's parameters are on {device}")
+
+    def _check_dtype(self, **tensors: Tensor) -> None:
+        """A TypeError naming the first floating-point tensor whose dtype is not that of the learner's
+        parameters (float64 or float16 inputs to float32 weights used to fail deep inside torch)."""
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        for name, x in tensors.items():
+            if dtype is not None and isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
+                raise TypeError(
+                    f"{name} has dtype {x.dtype} but the learner's parameters are {dtype}: convert the data "
+                    f"(x.to({dtype})) or the learner (learner.to({x.dtype}))"
+                )
+
+    def _check_task_dtype(self, task: Task) -> None:
+        self._check_dtype(support_x=task.support_x, support_y=task.support_y, query_x=task.query_x,
+                          query_y=task.query_y)
 
     # --- hooks: what subclasses implement, on inputs already checked --------------------------
 

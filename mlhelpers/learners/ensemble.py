@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.protonet import PrototypeLearner, negative_squared_distances
-from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_module, check_steps, check_tensor
+from mlhelpers.validation import INTEGER_LABEL_DTYPES, check_finite, check_module, check_steps, check_tensor, describe
 
 
 class EnsembleProtoNet(PrototypeLearner):
@@ -82,7 +82,11 @@ class EnsembleProtoNet(PrototypeLearner):
         if sx.shape[0] != qx.shape[0]:
             raise ValueError(f"support_images has {sx.shape[0]} tasks but query_images has {qx.shape[0]}")
         if not isinstance(support_labels, Tensor):
-            support_labels = torch.as_tensor(support_labels)
+            try:
+                support_labels = torch.as_tensor(support_labels)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"support_labels must be integers (a tensor, array or list of ints), "
+                                f"got {describe(support_labels)}") from None
         if support_labels.dtype not in INTEGER_LABEL_DTYPES:
             raise TypeError(f"support_labels must be integers, got dtype {support_labels.dtype}")
         sy = support_labels.long().to(sx.device)

@@ -1,6 +1,7 @@
 """What the gradient-based learners share (Chapter 3): the inner loop :func:`sgd_steps`, batching
-over tasks (:func:`map_tasks`), norms as plain tensor operations (:func:`with_plain_norms`) and the
-refusal of running statistics (:func:`check_no_running_stats`).
+over tasks (:func:`map_tasks`), norms as plain tensor operations (:func:`with_plain_norms`), the
+refusal of running statistics (:func:`check_no_running_stats`) and a module per thread for
+``functional_call`` (:func:`module_for_this_thread`).
 
 Fast weights are plain dicts ``name -> tensor`` (a subset of ``model.named_parameters()``) for
 ``torch.func.functional_call``; batched over tasks they get a leading ``[tasks]`` dimension.
@@ -9,6 +10,8 @@ Fast weights are plain dicts ``name -> tensor`` (a subset of ``model.named_param
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -131,6 +134,42 @@ def with_plain_norms(module: M) -> M:
             if plain is not None:
                 setattr(parent, name, plain)
     return replica
+
+
+# --- one module per thread for functional_call ------------------------------------------------
+
+_thread_state = threading.local()
+
+
+def claim_for_this_thread(module: nn.Module) -> None:
+    """Declare that only the calling thread uses ``module`` (and its submodules): a worker's replica."""
+    owned = getattr(_thread_state, "owned", None)
+    if owned is None:
+        owned = _thread_state.owned = weakref.WeakSet()
+    owned.update(module.modules())
+
+
+def module_for_this_thread(module: M) -> M:
+    """``module`` itself in the main thread (or a thread that claimed it), else this thread's own
+    :func:`shallow_replica` of it: the same parameters and buffers, its own module objects.
+
+    ``torch.func.functional_call`` swaps the module's parameters for the fast weights while it
+    runs, so two threads calling it on one module would see each other's fast weights. The replica
+    is cached per thread and rebuilt when ``module``'s parameters, buffers or train/eval modes change.
+    """
+    if threading.current_thread() is threading.main_thread():
+        return module
+    owned = getattr(_thread_state, "owned", None)
+    if owned is not None and module in owned:
+        return module
+    replicas = getattr(_thread_state, "replicas", None)
+    if replicas is None:
+        replicas = _thread_state.replicas = weakref.WeakKeyDictionary()
+    key = (tuple(map(id, (*module.parameters(), *module.buffers()))), tuple(m.training for m in module.modules()))
+    cached = replicas.get(module)
+    if cached is None or cached[0] != key:
+        cached = replicas[module] = (key, shallow_replica(module))
+    return cached[1]
 
 
 # --- the inner loop ---------------------------------------------------------------------------

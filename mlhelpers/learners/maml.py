@@ -30,6 +30,7 @@ from mlhelpers.learners.functional import (
     check_no_running_stats,
     check_strategy,
     map_tasks,
+    module_for_this_thread,
     resolve_strategy,
     sgd_steps,
     with_plain_norms,
@@ -85,7 +86,7 @@ class GradientLearner(MetaLearner):
 
     def forward_adapted(self, fast: Params, h: Tensor) -> Tensor:
         """Outputs ``[n, out]`` of one task from its fast weights and :meth:`features` ``h``."""
-        return torch.func.functional_call(self.model, fast, (h,))
+        return torch.func.functional_call(module_for_this_thread(self.model), fast, (h,))
 
     # --- shared machinery ---------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class ANIL(GradientLearner):
         return self.model[: self.split](x) if self.split > 0 else x
 
     def forward_adapted(self, fast: Params, h: Tensor) -> Tensor:
-        return torch.func.functional_call(self.model[self.split:], fast, (h,))
+        return torch.func.functional_call(module_for_this_thread(self.model)[self.split:], fast, (h,))
 
     def extra_repr(self) -> str:
         return f"head={self.head}, inner_lr={self.inner_lr}, " + super().extra_repr()

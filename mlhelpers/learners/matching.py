@@ -36,7 +36,7 @@ def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
     if (counts == 0).any():
         task, cls = (int(i) for i in torch.nonzero(counts == 0)[0])
         raise ValueError(
-            f"every class 0..{n_way - 1} needs at least one support example, but class {cls} has "
+            f"support_y: every class 0..{n_way - 1} needs at least one support example, but class {cls} has "
             f"none in task {task}; per-class counts were {counts.long().tolist()}"
         )
     return one_hot

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.learners.functional import shallow_replica
+from mlhelpers.learners.functional import claim_for_this_thread, shallow_replica
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int
 
@@ -52,6 +52,7 @@ def map_tasks_in_threads(fn: Callable[[M, Task], R], module: M, task: Task, work
         torch.set_num_threads(1)
         with lock:
             local.replica = next(claimed)
+        claim_for_this_thread(local.replica)  # its own: functional_call may run on it directly
 
     def run(i: int) -> R:
         with torch.set_grad_enabled(grad_enabled):

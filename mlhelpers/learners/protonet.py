@@ -35,7 +35,7 @@ def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     counts = one_hot.sum(1)  # [T, N]
     if (counts == 0).any():
         raise ValueError(
-            f"every class 0..{n_way - 1} needs at least one support example; "
+            f"support_y: every class 0..{n_way - 1} needs at least one support example; "
             f"per-class counts were {counts.tolist()}"
         )
     return torch.einsum("tsn,...tsd->...tnd", one_hot, embeddings)

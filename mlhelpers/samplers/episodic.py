@@ -77,6 +77,12 @@ class EpisodicSampler(TaskSampler):
         self.split = split
         self.rotations = check_bool("rotations", rotations)
         self.within_group = check_bool("within_group", within_group)
+        height, width = dataset.images.shape[-2:]
+        if self.rotations and height != width:
+            raise ValueError(
+                f"rotations=True needs square images (a quarter turn of {height} x {width} is {width} x {height}), "
+                f"got images of shape {tuple(dataset.images.shape[1:])}"
+            )
 
         classes = dataset.classes_of(split)
         where = f"split {split!r}" if split is not None else "the dataset"

@@ -1,0 +1,125 @@
+"""One learner used from several user threads at once gives each thread its own answer (issue 24, item 2).
+
+``functional_call`` swaps a module's weights for the fast weights while it runs; on one shared
+module, concurrent calls used to see each other's fast weights and return wrong outputs.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import pytest
+import torch
+
+from mlhelpers.learners import ANIL, MAML, MetaSGD, ProtoNet, Reptile
+from mlhelpers.learners.functional import module_for_this_thread
+from mlhelpers.models import mlp
+from mlhelpers.rl import GaussianPolicy, distribution
+from mlhelpers.samplers.regression import SinusoidTasks
+
+LEARNERS = {
+    "MAML": lambda: MAML(mlp(1, 1, hidden=(32, 32)), inner_lr=0.05, inner_steps=3, strategy="loop"),
+    "MetaSGD": lambda: MetaSGD(mlp(1, 1, hidden=(32, 32)), inner_steps=3, strategy="loop"),
+    "ANIL": lambda: ANIL(mlp(1, 1, hidden=(32, 32)), inner_lr=0.05, inner_steps=3, strategy="loop"),
+    "Reptile": lambda: Reptile(mlp(1, 1, hidden=(32, 32)), inner_steps=3, strategy="loop"),
+    "MAML-vmap": lambda: MAML(mlp(1, 1, hidden=(32, 32)), inner_lr=0.05, inner_steps=3, strategy="vmap"),
+    "ProtoNet": lambda: ProtoNet(mlp(1, 8, hidden=(32,))),
+}
+
+
+@pytest.fixture(autouse=True)
+def frequent_thread_switches():
+    """Switch threads every microsecond (not every 5 ms), so calls interleave in every test run."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def _concurrently(fn, inputs, threads: int = 4, rounds: int = 2) -> list[list[torch.Tensor]]:
+    """``fn(inputs[i])`` from ``threads`` threads at once, ``rounds`` times each; results per thread."""
+    results = [[] for _ in range(threads)]
+    errors = []
+    start = threading.Barrier(threads)
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            for _ in range(rounds):
+                results[i].append(fn(inputs[i]))
+        except BaseException as error:  # reported by the test, not lost in the thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors, errors
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_concurrent_calls_on_one_learner_match_sequential_ones(name):
+    torch.manual_seed(0)
+    learner = LEARNERS[name]()
+    if name == "ProtoNet":
+        tasks = [SinusoidTasks(5, 5, seed=i).sample(2) for i in range(4)]
+        tasks = [type(t)(t.support_x, (t.support_y[..., 0] > 0).long(), t.query_x, (t.query_y[..., 0] > 0).long())
+                 for t in tasks]
+    else:
+        tasks = [SinusoidTasks(5, 5, seed=i).sample(2) for i in range(4)]
+    learner.eval()
+    expected = [learner(task).detach() for task in tasks]
+    results = _concurrently(lambda task: learner(task).detach(), tasks)
+    for i, outputs in enumerate(results):
+        for output in outputs:
+            torch.testing.assert_close(output, expected[i], rtol=0, atol=0)
+
+
+def test_concurrent_meta_gradients_match_sequential_ones():
+    torch.manual_seed(0)
+    learner = MAML(mlp(1, 1, hidden=(32, 32)), inner_lr=0.05, inner_steps=3, strategy="loop")
+    tasks = [SinusoidTasks(5, 5, seed=i).sample(2) for i in range(4)]
+    params = list(learner.parameters())
+
+    def grads(task):
+        return torch.autograd.grad(learner.meta_loss(task), params)
+
+    expected = [grads(task) for task in tasks]
+    for i, outputs in enumerate(_concurrently(grads, tasks, rounds=3)):
+        for output in outputs:
+            for got, want in zip(output, expected[i]):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_policy_with_per_task_weights_is_safe_in_threads():
+    torch.manual_seed(0)
+    policy = GaussianPolicy(hidden=(16,))
+    obs = torch.randn(3, 5, 2)
+    fast = [{n: p.detach()[None].expand(3, *p.shape) + 0.1 * i for n, p in policy.named_parameters()}
+            for i in range(4)]
+    expected = [distribution(policy, obs, f).mean for f in fast]
+    for i, outputs in enumerate(_concurrently(lambda f: distribution(policy, obs, f).mean, fast)):
+        for output in outputs:
+            torch.testing.assert_close(output, expected[i], rtol=0, atol=0)
+
+
+def test_module_for_this_thread_shares_the_weights_and_follows_changes():
+    model = mlp(1, 1, hidden=(4,))
+    assert module_for_this_thread(model) is model  # the main thread uses the module itself
+    seen = {}
+
+    def in_thread():
+        replica = module_for_this_thread(model)
+        seen["same object"] = replica is model
+        seen["same weights"] = all(a is b for a, b in zip(replica.parameters(), model.parameters()))
+        seen["cached"] = module_for_this_thread(model) is replica
+        model.eval()
+        seen["mode followed"] = not module_for_this_thread(model).training
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert seen == {"same object": False, "same weights": True, "cached": True, "mode followed": True}
