@@ -304,8 +304,10 @@ if not quick_mode():
 #
 # The last one is not meta-trained at all: its backbone is an ordinary classifier trained on all
 # 520 (rotated) training classes at once, then its head is thrown away and new classes are
-# recognised by the nearest mean of normalised features. Chen et al. (2019) showed that this
-# baseline is hard to beat. MAML (Chapter 3) is the gradient-based reference, with the same
+# recognised by the nearest mean of normalised features. Chen et al. (2019) showed that such
+# baselines (a pre-trained classifier's features with a simple classifier for the new classes)
+# are hard to beat, and Wang et al. (2019, SimpleShot) that centring and normalising the features
+# is enough for a nearest-centroid rule. MAML (Chapter 3) is the gradient-based reference, with the same
 # setup as section 3.3 (conv4 with 32 channels and per-task batch statistics, inner step 0.4, one
 # inner step in training and three at test, meta-batches of 8 tasks for 5-way and 4 for 20-way),
 # trained here for a few hundred meta-steps, a CPU budget: printed below.

@@ -681,9 +681,9 @@ if not quick_mode():  # the text below
 # should; the transformer, reading contexts up to five times longer than any it was trained on,
 # gains much less, and in this run it does *worse* with two drawings per class than with one. A
 # black-box learner only knows how to use the kinds of context it was trained
-# on. SNAIL was trained on episodes whose number of shots was drawn at random (Mishra et al.
-# 2018), which lets one model be tested at every shot count it saw; we expect such a mix of shots
-# to help here too, but this chapter does not test it.
+# on. Training on episodes whose number of shots is drawn at random would let one model be tested
+# at every shot count it saw; we expect such a mix of shots to help here, but this chapter does not
+# test it.
 
 # %% [markdown]
 # ## 5.6 What makes in-context learning appear? (a small Chan et al. 2022)
@@ -916,6 +916,30 @@ if not quick_mode():  # the pattern the text below describes
 #
 # Chapter 6 turns from learning *from* tasks to learning the *settings* of learning:
 # hyperparameters and architectures as a meta-learning problem.
+
+# %% [markdown]
+# > **Common mistakes**
+# >
+# > - *Taking in-context learning for transfer learning.* Nothing is fine-tuned on the new task:
+# >   meta-training produced the learning procedure itself, which runs in the forward pass
+# >   (section 5.2's transformer learns functions it never saw, about as well as least squares).
+# > - *Leaking the query's label into its sequence.* Build one sequence per query that holds the
+# >   support set and the query's input only (section 5.1 prints one); do not read a paired
+# >   model's outputs at support tokens as predictions (Exercise 5.5); shuffle the support set,
+# >   or a label can be read off its position (`ShuffledSupport`, section 5.4).
+# > - *Comparing in-context learners at another context length than they were trained on.* Past
+# >   its training length the regression model's error jumps (section 5.3, probe 3), and the
+# >   Omniglot model does worse with two drawings per class than with one (section 5.5). Say the
+# >   training length, and compare at it or train over a range of lengths.
+# > - *Testing on classes seen in training.* A model can answer from its weights: the 16-class
+# >   models are right nearly always on their training classes yet below the 50% chance line on new
+# >   ones (section 5.6). Only tasks from held-out classes or alphabets measure learning in context.
+# > - *Expecting the most general learner to be the best.* On a CPU budget the prototypical
+# >   network, whose rule is built in, beats the black box (section 5.5), and in-context learning
+# >   appears only when the training data favour it (section 5.6).
+# > - *Ignoring the cost.* Attention costs grow with the square of the sequence length, and with
+# >   one sequence per query the support set is read again for every query; a gradient-based
+# >   learner such as second-order MAML instead pays by backpropagating through its inner steps.
 
 # %% [markdown]
 # ## Exercises
