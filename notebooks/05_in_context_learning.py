@@ -328,7 +328,7 @@ print(f"transformer below 0.05: {transformer_err < 0.05};  averaging above 0.3: 
 # nearest neighbours are far behind. The transformer was never told about least squares, only
 # shown tasks, yet its curve follows the optimal one: with fewer than $d$ examples it is close to
 # the best any predictor can do (exercise 2 prints both). After $d$ examples its error falls
-# to about 0.02 and stays there: 0.0197 at $2d = 10$ examples (printed above) and 0.020 at 15,
+# to about 0.02 and stays there: 0.0199 at $2d = 10$ examples (printed above) and 0.020 at 15,
 # the training length (printed with the probes below), while least squares is exactly zero.
 # Garg et al. saw the same shape (at $d = 20$) with a model some forty-five times larger
 # (12 layers of width 256 against our 4 of width 64) trained over a hundred times longer; what the small model loses is precision around $d$ examples, where
@@ -446,7 +446,7 @@ if not quick_mode():  # the claims of the text below, checked on this run
 #    tasks, so this is not something it was taught). But with 10 examples it is behind ridge
 #    regression, the optimal learner for noisy tasks, and behind least squares as well.
 # 3. **Longer contexts.** Up to 15 examples, the training length, the error stays at its level
-#    of 10 examples (0.020 at 15, 0.019 at 10); past the training length it jumps up, by about
+#    of 10 examples (0.020 at both 10 and 15); past the training length it jumps up, by about
 #    five times in this run, and stops improving with more data,
 #    the opposite of what a learning algorithm should do. The untrained positional embeddings
 #    are the likely culprit: the model has never seen anything at position 40. (Architectures
@@ -515,6 +515,9 @@ plt.show()
 
 # %% [markdown]
 # *Three ways to lay out a task as a sequence (support tokens blue, the query orange, predictions grey).*
+# The figure's note says "causal transformer"; the memory-augmented network of (iii) reads its
+# sequence with an LSTM controller and an external memory instead, but any causal sequence model
+# can use the same layout.
 #
 # Labels are assigned to classes at random in every episode, so the only way to know which label
 # goes with which drawing is to read the context. One more detail matters: the episode sampler
