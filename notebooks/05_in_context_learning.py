@@ -514,10 +514,9 @@ ax.text(4.7, 0.4, "Each box is one token, read left to right by a causal transfo
 plt.show()
 
 # %% [markdown]
-# *Three ways to lay out a task as a sequence (support tokens blue, the query orange, predictions grey).*
-# The figure's note says "causal transformer"; the memory-augmented network of (iii) reads its
-# sequence with an LSTM controller and an external memory instead, but any causal sequence model
-# can use the same layout.
+# *Three ways to lay out a task as a sequence (support tokens blue, the query orange, predictions
+# grey). A layout does not tie the network: the memory-augmented network of (iii) reads its
+# sequence with an LSTM controller and an external memory, not a transformer.*
 #
 # Labels are assigned to classes at random in every episode, so the only way to know which label
 # goes with which drawing is to read the context. One more detail matters: the episode sampler
