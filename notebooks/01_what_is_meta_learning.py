@@ -198,6 +198,35 @@ show_episode(train_rotated.sample(1), title="Meta-training episode with rotation
 plt.show()
 
 # %% [markdown]
+# The whole recipe in one picture: the characters are split by alphabet, and a task is N
+# characters of one split with K support and Q query drawings each (here N = 3, K = 2, Q = 2).
+
+# %% tags=["schematic"]
+from mlhelpers import diagrams
+
+fig, ax = diagrams.canvas(10, 4.6)
+ax.text(1.5, 4.35, "Omniglot, split by alphabet", ha="center", fontsize=11, weight="bold")
+splits = [("meta-train", "outer", "learn to learn"), ("meta-validation", "model", "tune, stop early"),
+          ("meta-test", "model", "report, touched once")]
+boxes = [diagrams.box(ax, 1.5, 3.4 - 1.2 * i, f"{name}\n{len(omniglot.splits[key])} characters\n{use}", width=2.8,
+                      height=0.95, color=color, dashed=key == "test")
+         for i, ((name, color, use), key) in enumerate(zip(splits, ["train", "val", "test"]))]
+ax.text(1.5, 0.3, "no character in two splits", ha="center", fontsize=9, style="italic")
+n, k, q = 3, 2, 2  # one small task, drawn from the meta-training characters
+task = EpisodicSampler(omniglot, n_way=n, k_shot=k, q_query=q, split="train", seed=5).sample(1)
+ax.text(7.0, 4.35, f"one task (episode): N = {n} ways, K = {k} shots, Q = {q} queries", ha="center", fontsize=11, weight="bold")
+ax.text(5.85, 3.85, "support set: learn from", ha="center", fontsize=9)
+ax.text(8.25, 3.85, "query set: graded on", ha="center", fontsize=9)
+for c in range(n):
+    y = 3.0 - 1.05 * c
+    ax.text(4.35, y + 0.35, f"label {c}", ha="center", va="center", fontsize=9)
+    diagrams.images(ax, task.support_x[0, task.support_y[0] == c, 0], x=5.1, y=y, size=0.7, gap=0.15, frame="support")
+    diagrams.images(ax, task.query_x[0, task.query_y[0] == c, 0], x=7.5, y=y, size=0.7, gap=0.15, frame="query")
+diagrams.arrow(ax, boxes[0].right, (3.95, 3.4), "draw N\ncharacters", text_offset=(0, 0.05))
+ax.text(7.0, 0.3, "labels 0..N-1 are reshuffled in every task", ha="center", fontsize=9, style="italic")
+plt.show()
+
+# %% [markdown]
 # ## 1.3 An experiment: learning from scratch vs learning to learn
 #
 # Here is the question meta-learning answers. You get one labelled drawing of each of five
@@ -267,6 +296,7 @@ class FromScratch(MetaLearner):
 start = time.perf_counter()
 results["from scratch"] = score(FromScratch(), episodes=budget(full=100, quick=10))
 print("from scratch:", results["from scratch"], f"({time.perf_counter() - start:.0f} s)")
+print(f"parameters of each fresh network: {sum(p.numel() for p in conv4(hidden_channels=32, out_features=5).parameters()):,}")
 
 # %% [markdown]
 # Training from scratch on five images beats comparing pixels, but not by much: a network with
@@ -372,6 +402,10 @@ def bar_chart(results: dict, title: str, chance: float) -> None:
 bar_chart(results, "5-way 1-shot on unseen alphabets (Balinese, Sanskrit)", chance=1 / 5)
 for name, result in results.items():
     print(f"{name:34s} {result}")
+accuracy = {name: result.mean for name, result in results.items()}
+if not quick_mode():  # the claims of the next paragraph
+    assert accuracy["pixels, nearest neighbour"] < accuracy["from scratch"] < accuracy["transfer (pretrained classifier)"]
+    assert abs(accuracy["meta-learned (ProtoNet)"] - accuracy["transfer (pretrained classifier)"]) < 0.05, "not close"
 
 # %% [markdown]
 # Read the chart from top to bottom. Raw pixels do better than chance because drawings of one
@@ -411,6 +445,10 @@ for name, values in curve.items():
 ax.set_xlabel("shots per class (K)"), ax.set_ylabel("5-way query accuracy (%)")
 ax.set_xticks(shots), ax.set_ylim(0, 100), ax.legend(), ax.set_title("Learning from K examples of unseen characters")
 plt.show()
+gaps = [m.mean - s.mean for m, s in zip(curve["meta-learned (ProtoNet)"], curve["from scratch"])]
+print("ProtoNet's lead over the from-scratch learner:", ", ".join(f"K={k}: {100 * g:.0f} points" for k, g in zip(shots, gaps)))
+if not quick_mode():
+    assert all(a > b > 0 for a, b in zip(gaps, gaps[1:])), "the gap should narrow as the shots grow"
 
 # %% [markdown]
 # ## 1.4 Meta-learning, transfer learning and multi-task learning
@@ -474,9 +512,14 @@ class FineTune(MetaLearner):
 
 new_tasks = SinusoidTasks(k_shot=K, q_query=50, seed=2024, device=device)
 learners = {"from scratch, 10 steps": FineTune(None), "multi-task pretrained, then 10 steps": FineTune(pretrained)}
+mse = {}
 for name, learner in learners.items():
     new_tasks.generator.manual_seed(2024)
-    print(f"{name:38s} {evaluate(learner, new_tasks, num_episodes=budget(full=600, quick=30))}")
+    mse[name] = evaluate(learner, new_tasks, num_episodes=budget(full=600, quick=30))
+    print(f"{name:38s} {mse[name]}")
+if not quick_mode():  # "both learners fail": errors far above the noise-free 0 a good fit would reach
+    assert all(result.mean > 1 for result in mse.values())
+    assert mse["multi-task pretrained, then 10 steps"].mean < mse["from scratch, 10 steps"].mean
 
 demo = SinusoidTasks(k_shot=K, q_query=100, seed=7, device=device).sample(3)
 predictions = torch.stack([learners["multi-task pretrained, then 10 steps"](demo), learners["from scratch, 10 steps"](demo)])
@@ -586,6 +629,8 @@ print(f"meta-train, 130 x 4 rotations: {comb(520, 5):,} sets of five classes")
 within = score(protonet, within_group=True)
 print(f"mixed alphabets: {results['meta-learned (ProtoNet)']}")
 print(f"one alphabet:    {within}")
+if not quick_mode():
+    assert within.mean < results["meta-learned (ProtoNet)"].mean, "one alphabet should be harder"
 
 # %% [markdown]
 # Episodes from one alphabet are harder, since the five characters share a style and often
