@@ -51,7 +51,6 @@ import copy
 import math
 import time
 import warnings
-import weakref
 
 import matplotlib.pyplot as plt
 import torch
@@ -61,6 +60,7 @@ from torch.func import functional_call, grad, hessian, jvp, vjp, vmap
 import mlhelpers
 from mlhelpers import Task, budget, quick_mode, seed_everything
 from mlhelpers.learners import MAML
+from mlhelpers.memory import RetainedGraphMemory
 from mlhelpers.models import conv4, mlp
 from mlhelpers.samplers.regression import SinusoidTasks
 
@@ -162,6 +162,34 @@ print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {de
 # Backpropagation evaluates this product from the right: it starts with the query gradient at
 # the end of the inner loop and walks back through the steps, last step first.
 #
+# The computation graph of one task with one inner step: the forward pass adapts and evaluates,
+# the meta-gradient flows back, and the two methods differ only on the edge from $\phi$ to $\theta$.
+
+# %% tags=["schematic"]
+from mlhelpers import diagrams
+
+fig, ax = diagrams.canvas(10, 4.4)
+theta = diagrams.box(ax, 0.9, 2.6, "$\\theta$\ninitial weights", width=1.4, height=0.8, color="model")
+inner = diagrams.box(ax, 3.5, 2.6, "inner step\n$\\phi = \\theta - \\alpha\\nabla\\mathcal{L}^S(\\theta)$", width=2.4, height=0.8, color="inner")
+phi = diagrams.box(ax, 6.1, 2.6, "$\\phi$\nadapted weights", width=1.5, height=0.8, color="model")
+query_loss = diagrams.box(ax, 8.6, 2.6, "query loss\n$\\mathcal{L}^Q(\\phi)$", width=1.6, height=0.8, color="query")
+support = diagrams.box(ax, 3.5, 3.95, "support set $S$", width=1.8, height=0.5, color="support")
+query = diagrams.box(ax, 8.6, 3.95, "query set $Q$", width=1.6, height=0.5, color="query")
+for start, end in [(theta.right, inner.left), (inner.right, phi.left), (phi.right, query_loss.left),
+                   (support.bottom, inner.top), (query.bottom, query_loss.top)]:
+    diagrams.arrow(ax, start, end)
+ax.text(4.75, 3.2, "forward: adapt, then evaluate", fontsize=9, ha="center")
+red = "#b03030"
+diagrams.arrow(ax, query_loss.bottom, phi.bottom, "$\\nabla\\mathcal{L}^Q(\\phi)$", color=red, curve=-0.4, text_offset=(0, -0.75), fontsize=10)
+grey = "#777777"
+diagrams.arrow(ax, phi.bottom, theta.bottom, color=red, curve=-0.25)
+diagrams.arrow(ax, phi.bottom, theta.bottom, color=grey, dashed=True, curve=-0.5)
+ax.text(0.2, 0.5, "second order: $\\times\\,(I - \\alpha H_S)$, differentiates back through the inner step", fontsize=10, color=red)
+ax.text(0.2, 0.1, "first order: $\\times\\, I$, drops $\\alpha H_S$ (the inner gradient treated as a constant)", fontsize=10, color=grey)
+ax.text(0.2, 3.8, "meta-update:\n$\\theta \\leftarrow \\theta - \\beta\\,\\nabla_\\theta \\mathcal{L}^Q(\\phi(\\theta))$", fontsize=10, color=red, va="center")
+plt.show()
+
+# %% [markdown]
 # ## 2.3 A laboratory with two parameters
 #
 # To check these formulas and *see* what they do we want a problem small enough to draw. Each task
@@ -569,6 +597,10 @@ for name, path in paths.items():
     theta = path[-1]
     print(f"{name:11s} {f'({theta[0]:+.3f}, {theta[1]:+.3f})':>27s} {rules[name](theta).norm():20.1e} "
           f"{after_adaptation(theta, lines):9.3f} {after_adaptation(theta, lines[wide]):11.3f} {after_adaptation(theta, lines[~wide]):13.3f}")
+end_slope = {name: path[-1, 0].item() for name, path in paths.items()}
+if not quick_mode():  # the claims below: MAML alone ends on the narrow tasks' side, at the lowest meta-loss
+    assert end_slope["MAML"] < 0 < end_slope["FOMAML"] < end_slope["Reptile"] < end_slope["multi-task"], end_slope
+    assert min(paths, key=lambda name: after_adaptation(paths[name][-1], lines)) == "MAML"
 
 # %%
 resolution = budget(full=(121, 101), quick=(41, 35))
@@ -673,7 +705,10 @@ for name, w in weight_rules.items():
     share = w("wide") / (w("wide") + w("narrow"))
     predicted = share * mean_slope["wide"] + (1 - share) * mean_slope["narrow"]
     print(f"{name:11s} {w('wide'):12.3f} {w('narrow'):14.3f} {share:14.2f} {predicted:+16.3f} {paths[name][-1, 0]:+14.3f}")
-print(f"\nMAML's weight relative to multi-task training: wide tasks {weight_rules['MAML']('wide') / weight_rules['multi-task']('wide'):.3f}, "
+gaps = {name: abs(share * mean_slope["wide"] + (1 - share) * mean_slope["narrow"] - paths[name][-1, 0].item())
+        for name, w in weight_rules.items() for share in [w("wide") / (w("wide") + w("narrow"))]}
+print("\n|predicted - reached slope|: " + ", ".join(f"{name} {gap:.3f}" for name, gap in gaps.items()))
+print(f"MAML's weight relative to multi-task training: wide tasks {weight_rules['MAML']('wide') / weight_rules['multi-task']('wide'):.3f}, "
       f"narrow tasks {weight_rules['MAML']('narrow') / weight_rules['multi-task']('narrow'):.2f}")
 
 # %% [markdown]
@@ -868,28 +903,6 @@ def batched_meta_loss(params, tasks, steps, alpha=0.01, second_order=True):
     return F.mse_loss(batched_mlp(weights, tasks.query_x), tasks.query_y)
 
 
-class RetainedGraphMemory:
-    """Bytes of the tensors autograd has saved for backward and still holds (distinct storages)."""
-
-    def __enter__(self):
-        self.saved = []
-
-        def pack(tensor):
-            storage = tensor.untyped_storage()
-            self.saved.append((weakref.ref(tensor), storage.data_ptr(), storage.nbytes()))
-            return tensor
-
-        self.hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
-        self.hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.hooks.__exit__(*exc)
-
-    def alive_bytes(self) -> int:
-        return sum({ptr: size for ref, ptr, size in self.saved if ref() is not None}.values())
-
-
 seed_everything(0)
 net = mlp(1, 1).to(device)
 params = list(net.parameters())
@@ -925,6 +938,9 @@ for i, steps in enumerate(step_counts):
           f"{cost[False]['ms'][i]:7.2f} ms {cost[False]['MB'][i]:8.3f} MB | {cosine_fo[i]:.4f}")
 per_step = {so: (cost[so]["MB"][-1] - cost[so]["MB"][0]) / (step_counts[-1] - step_counts[0]) for so in (True, False)}
 print(f"memory added per inner step: second order {1000 * per_step[True]:.0f} kB, first order {1000 * per_step[False]:.0f} kB")
+if not quick_mode():  # linear growth for second order, none for first order (the counts are exact)
+    added = torch.diff(torch.tensor(cost[True]["MB"]))
+    assert (added - added.mean()).abs().max() < 0.01 * added.mean() and max(cost[False]["MB"]) == min(cost[False]["MB"])
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
