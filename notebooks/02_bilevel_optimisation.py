@@ -629,7 +629,7 @@ plt.show()
 # intercepts) and disagree on the slope. MAML ends at the bottom of the meta-loss, as it must,
 # since it follows its gradient. The other three end where *their* update vanishes, which is not a
 # minimum of $J$: none of them is the gradient of the function we asked to minimise. Multi-task
-# training ends near the wide tasks' slope (+1.15); MAML ends on the narrow tasks' side (−0.53),
+# training ends near the wide tasks' slope (+1.15); MAML ends on the narrow tasks' side (-0.53),
 # trading a little on the wide tasks (query error after adaptation 0.21 → 0.36) for a lot on the
 # narrow ones (0.73 → 0.28), which lowers the meta-loss from 0.47 to 0.32. FOMAML and Reptile fall
 # in between.
@@ -712,8 +712,10 @@ print(f"MAML's weight relative to multi-task training: wide tasks {weight_rules[
       f"narrow tasks {weight_rules['MAML']('narrow') / weight_rules['multi-task']('narrow'):.2f}")
 
 # %% [markdown]
-# The one-line weights predict the end slopes to within 0.02 for three rules and 0.07 for FOMAML,
-# whose end point feels the small coupling between slope and intercept most. Multi-task training
+# The one-line weights predict the end slopes to within about two hundredths for three rules (the
+# largest of their gaps is MAML's, 0.022) and to 0.067 for FOMAML; they leave out what the full
+# systems above keep, the small coupling between slope and intercept and the spread of curvatures
+# within each kind, which is why they are close rather than exact. Multi-task training
 # gives the wide tasks 90% of the say, because their data pin down the slope (large $c$); it ends
 # up near their slope. MAML reverses the order: a wide task's slope is almost fixed by a single
 # inner step ($1 - \alpha c_S \approx 0.21$, squared $\approx 0.05$), so its weight shrinks
@@ -877,9 +879,9 @@ print(f"The Omniglot conv4 has {P_conv:,} parameters: its Hessian would take {P_
 # We measure both on the setting of the MAML paper's sinusoid experiment: the 40-40 MLP,
 # meta-batches of 25 tasks with 10 support and 10 query points, $\alpha = 0.01$. To run the 25
 # tasks at once, every task gets its own copy of the weights, `p.expand(25, ...)`, and the MLP
-# forward pass uses batched matrix products. Memory is measured exactly, not by sampling the
-# process: a `saved_tensors_hooks` context sees every tensor autograd saves for the backward pass,
-# and we add up those still alive when the meta-loss is ready to be differentiated.
+# forward pass uses batched matrix products. Memory is counted exactly, not by sampling the
+# process: `mlhelpers.memory.RetainedGraphMemory` adds up the tensors autograd has saved for the
+# backward pass and still holds when the meta-loss is ready to be differentiated.
 
 # %%
 def batched_mlp(weights, x):
@@ -1064,6 +1066,29 @@ for first_order, reference in [(False, grad(meta_loss)(theta0, lines)), (True, f
     learner.meta_loss(lines).backward()
     library = torch.cat([line_model.weight.grad.flatten(), line_model.bias.grad.flatten()])
     print(f"MAML(first_order={first_order!s:5s}) {library.tolist()}   max |diff| to ours: {(library - reference).abs().max():.0e}")
+
+# %% [markdown]
+# > **Common mistakes**
+# >
+# > - *An inner loop written like ordinary training:* `copy.deepcopy(model)`, an inner optimiser,
+# >   `backward()` and `step()`. The copy has fresh leaf tensors and `step()` updates them in place
+# >   without recording it, so no gradient reaches $\theta$ and nothing is meta-learned (Bug 1 of
+# >   Section 2.8). Compute the adapted weights functionally, $\phi = \theta - \alpha g$, as new
+# >   tensors in the graph.
+# > - *Forgetting `create_graph=True`* (or detaching the inner gradient). Nothing fails, and the
+# >   meta-gradient is silently first order (Bug 2 of Section 2.8). Check a meta-gradient against
+# >   central finite differences in double precision, as Section 2.3 does.
+# > - *Ignoring the computational cost.* Second-order MAML backpropagates through every inner step,
+# >   so it keeps every step's graph: memory grows linearly with the inner steps (287 kB a step on
+# >   the small MLP of Section 2.7, gigabytes on convolutional networks). Budget for it, or take
+# >   fewer steps, first order, or implicit gradients.
+# > - *Taking first order as a free approximation.* FOMAML is close to MAML only while
+# >   $\alpha\lVert H_S\rVert$ is small and the inner loop short; in the laboratory it ended at a
+# >   different initialisation (Section 2.5), because the term it drops is what tells the
+# >   meta-learner which directions adaptation fixes anyway.
+# > - *Solving the inner problem exactly.* If the inner loop ran to the minimiser of the support
+# >   loss, the adapted weights would no longer depend on where it started and $\theta$ would drop
+# >   out of the objective (Section 2.1); a short inner loop is part of the method.
 
 # %% [markdown]
 # ## Exercises
