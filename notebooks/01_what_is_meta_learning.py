@@ -576,9 +576,9 @@ plt.show()
 # >
 # > - *"Meta-learning is transfer learning."* Transfer learning carries knowledge over: weights
 # >   trained on a source task are reused on the target. Meta-learning optimises the *ability to
-# >   adapt*: it trains the learning process itself, graded on new tasks after learning. In Section
-# >   1.3 the pretrained classifier is transfer and the ProtoNet is meta-learned: same data, different
-# >   objective.
+# >   adapt*: it trains the learning process itself, graded on new tasks after learning. In
+# >   Section 1.3 the pretrained classifier is transfer and the ProtoNet is meta-learned: same
+# >   data, different objective.
 # > - *"Meta-learning is always better."* It pays only given a family of similar tasks and enough
 # >   meta-training tasks to learn their shared structure. With many examples per task the
 # >   from-scratch learner catches up (the shots curve of Section 1.3), on tasks unlike the
