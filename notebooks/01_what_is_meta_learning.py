@@ -120,8 +120,8 @@ plt.show()
 # Omniglot (Lake, Salakhutdinov and Tenenbaum, 2015) is the "transpose" of MNIST: instead of a few
 # classes with thousands of examples, it has many characters from many alphabets, each drawn by
 # 20 different people. The book ships the two *minimal background* sets of the dataset inside the
-# package (8 alphabets, 242 characters, 20 drawers each; MIT licence), downsampled to 28x28, so no
-# download is needed.
+# package (five alphabets each, eight different ones in all: 242 characters, 20 drawers each; MIT
+# licence), downsampled to 28x28, so no download is needed.
 
 # %%
 omniglot = load_omniglot()
