@@ -38,7 +38,8 @@
 #
 # Every number below is computed when the notebook runs. In *quick mode* (set by the tests,
 # `MLHELPERS_QUICK=1`) the budgets shrink so the whole notebook runs in about a minute; the
-# website shows a full run, which takes about a quarter of an hour on a 2-core laptop CPU.
+# website shows a full run, which takes about a quarter of an hour on an idle 2-core laptop CPU
+# (the timings printed below come from a busier, shared machine).
 
 # %%
 # On Colab, install the book's helper package first; elsewhere this cell does nothing.
@@ -379,7 +380,7 @@ plt.title("ProtoNet meta-training: query loss on training episodes, accuracy on 
 plt.show()
 
 # %% [markdown]
-# Validation accuracy on Greek and Early Aramaic climbs to about 95%, higher than what the same
+# Validation accuracy on Greek and Early Aramaic climbs to about 94%, higher than what the same
 # network scores on the test alphabets below. Alphabets differ in difficulty: Balinese and
 # Sanskrit characters resemble each other more. That is one reason to report results only on
 # held-out test alphabets, and never to tune anything on them.
