@@ -713,7 +713,7 @@ print(f"MAML's weight relative to multi-task training: wide tasks {weight_rules[
 
 # %% [markdown]
 # The one-line weights predict the end slopes to within about two hundredths for three rules (the
-# largest of their gaps is MAML's, 0.022) and to 0.067 for FOMAML; they leave out what the full
+# largest of their gaps is MAML's, 0.022) and to 0.068 for FOMAML; they leave out what the full
 # systems above keep, the small coupling between slope and intercept and the spread of curvatures
 # within each kind, which is why they are close rather than exact. Multi-task training
 # gives the wide tasks 90% of the say, because their data pin down the slope (large $c$); it ends
