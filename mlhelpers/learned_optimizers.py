@@ -278,6 +278,7 @@ def train_optimizer(
     lr: float = 1e-3,
     grad_clip: float | None = None,
     second_order: bool = False,
+    log_loss: bool = False,
 ) -> list[float]:
     """Meta-train ``optimizer`` by truncated backpropagation through time (Andrychowicz et al. 2016).
 
@@ -285,11 +286,15 @@ def train_optimizer(
     steps in windows of ``truncation`` steps; after each window, Adam (``lr``) takes one step on
     the mean loss of the window's steps, and the window's end (parameters, state) starts the next
     one with its graph cut. Returns the mean loss of every problem's ``horizon`` steps.
+
+    ``log_loss=True`` minimises the mean of ``log f(theta_t)`` instead (the paper: of
+    ``f(theta_t)``), which weights a halving of the loss the same early and late in the run.
     """
     check_module("optimizer", optimizer)
     check_positive_int("problems", problems)
     check_positive_int("horizon", horizon)
     check_positive_int("truncation", truncation)
+    check_bool("log_loss", log_loss)
     if truncation > horizon:
         raise ValueError(f"truncation must be at most horizon={horizon}, got {truncation}")
     meta_opt = torch.optim.Adam(optimizer.parameters(), lr=check_positive("lr", lr))
@@ -303,7 +308,7 @@ def train_optimizer(
             window = min(truncation, horizon - start)
             run = unroll(optimizer, problem, window, params=params, state=state, start=start,
                          second_order=second_order)
-            meta_loss = run.losses.mean()
+            meta_loss = run.losses.clamp_min(1e-12).log().mean() if log_loss else run.losses.mean()
             meta_opt.zero_grad()
             meta_loss.backward()
             if grad_clip is not None:
