@@ -288,7 +288,7 @@ print(f"losses over 20 steps: max |helper - ours| = {(ours - theirs).abs().max()
 
 # %%
 HORIZON, WINDOW, BATCH = 100, 20, 128
-META_BATCHES = budget(full=150, quick=3)
+META_BATCHES = budget(full=120, quick=3)
 N_TEST = budget(full=1000, quick=100)
 TRAIN_SEED, TUNE_SEED, TEST_SEED = 10, 20, 30
 HAND_DESIGNED = {
@@ -640,7 +640,7 @@ def omniglot_problem(split, gen, hidden=(20,), activation=nn.Sigmoid, batch=128,
     return model_problem(net, lambda t: (x[draws[t]], labels[draws[t]]))
 
 
-MLP_HORIZON, MLP_BATCHES = 40, budget(full=150, quick=2)
+MLP_HORIZON, MLP_BATCHES = 40, budget(full=100, quick=2)
 N_MLP_TEST = budget(full=30, quick=4)
 seed_everything(2)
 mlp_lstm = CoordinatewiseLSTM()
@@ -824,7 +824,7 @@ print(f"the learner has {n_weights:,} weights; meta-batch of {len(sine_batch)} t
 # the gradients it reads as constants.
 
 # %%
-FEW_STEPS, FEW_BATCH, FEW_INNER = budget(full=500, quick=3), 8, 5
+FEW_STEPS, FEW_BATCH, FEW_INNER = budget(full=400, quick=3), 8, 5
 N_FEW_TEST = budget(full=600, quick=20)
 
 
