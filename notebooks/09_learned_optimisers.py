@@ -650,8 +650,8 @@ mlp_history = train_optimizer(mlp_lstm, lambda: omniglot_problem("train", mlp_ge
                               horizon=MLP_HORIZON, truncation=20, lr=5e-3)
 mlp_train_seconds = time.perf_counter() - start
 print(f"meta-trained on {MLP_BATCHES} problems of {MLP_HORIZON} steps in {mlp_train_seconds:.0f} s; mean training "
-      f"loss over the {MLP_HORIZON} steps {sum(mlp_history[:10]) / 10:.2f} (first 10 problems) -> "
-      f"{sum(mlp_history[-10:]) / 10:.2f} (last 10)")
+      f"loss over the {MLP_HORIZON} steps {sum(mlp_history[:10]) / len(mlp_history[:10]):.2f} (first 10 problems) -> "
+      f"{sum(mlp_history[-10:]) / len(mlp_history[-10:]):.2f} (last 10)")
 
 # %%
 ADAM_GRID = torch.logspace(-3, 0, 10).tolist()
