@@ -68,7 +68,6 @@ from torch import nn
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.diagrams import arrow, box, canvas
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learned_optimizers import (
@@ -131,6 +130,8 @@ NOTEBOOK_START = time.perf_counter()
 # starts from where the last one ended, with the graph cut.
 
 # %% tags=["schematic"]
+from mlhelpers.diagrams import arrow, box, canvas
+
 fig, ax = canvas(11.0, 4.5, scale=0.95)
 steps, x0, dx = 4, 0.7, 2.4
 for t in range(steps + 1):
