@@ -8,6 +8,7 @@ only downwards: data -> tasks and samplers -> learners -> training and evaluatio
 - :mod:`mlhelpers.samplers`: seeded task samplers, episodic and regression (Chapter 1).
 - :mod:`mlhelpers.models`: conv4 and MLP backbones.
 - :mod:`mlhelpers.learners`: meta-learners sharing one interface (Chapters 3-5).
+- :mod:`mlhelpers.learned_optimizers`: learned update rules, the LSTM optimisers (Chapter 9).
 - :mod:`mlhelpers.config`: quick mode and devices.
 """
 
