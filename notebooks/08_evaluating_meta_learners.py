@@ -810,6 +810,9 @@ print(f"seed chosen on validation ({chosen}):     {pct(results[chosen].mean)}% o
 # - A pre-trained classifier with a nearest-centroid head, at equal budget, belongs in every
 #   comparison: here its mean was above MAML's (two seeds, too few to call a loss) and 4 to 6
 #   points below the ProtoNet's.
+#
+# Chapter 9 returns to the third family of meta-learners: instead of an initialisation (MAML) or
+# an embedding (ProtoNets), it learns the update rule itself.
 
 # %%
 print(f"notebook ran in {time.perf_counter() - NOTEBOOK_START:.0f} s")
