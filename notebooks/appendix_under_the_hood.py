@@ -178,15 +178,14 @@ display(Markdown(
     f"{best['vmap, 1 thread'].wall_seconds:.2f} s and {best['vmap, 1 thread'].peak_mb:.0f} MB."))
 
 # %% [markdown]
-# **Why the chapters use one thread.** The book's machine is a 2-core CPU shared by several jobs at
-# once (a chapter runs next to others), and a second thread only speeds a step up when a core is
-# free for it. What the machine shares is CPU time, and the table shows what a second thread
-# costs in CPU time for what it gains in wall-clock time on this run. The chapters therefore call
-# `torch.set_num_threads(1)`: a chapter's runtime then depends little on whether a core happens to be
-# free, and two chapters can run side by side. On your own machine, with idle cores, try
-# `strategy="threads"` (it also keeps less memory, which matters with large meta-batches or many
-# inner steps) or more intra-op threads, and measure: which one wins depends on the CPU and on
-# the load.
+# **Why the chapters use one thread.** The book's machine is a 2-core CPU shared by several jobs
+# at once (chapters run side by side), so a second thread only speeds a step up when a core
+# happens to be free for it, and what the jobs share is CPU time. The table shows what a second
+# thread cost in CPU time for what it gained in wall-clock time on this run. The chapters
+# therefore call `torch.set_num_threads(1)` and spend their CPU time on one thread each. On your
+# own machine, with idle cores, try `strategy="threads"` (it also keeps less memory, which
+# matters with large meta-batches or many inner steps) or more intra-op threads, and measure:
+# which one wins depends on the CPU and on its load.
 #
 # ### The committed benchmark: the helper against a plain loop, `higher` and `learn2learn`
 #
