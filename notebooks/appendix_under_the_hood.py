@@ -13,7 +13,6 @@
 #     name: python3
 # ---
 
-
 # %% [markdown]
 # # Under the hood: making meta-learning fast on a CPU
 #
