@@ -1,4 +1,4 @@
-"""Building blocks for the book's schematic figures (every chapter draws at least one).
+"""Building blocks for the book's schematic figures (every chapter, from Chapter 1 on, draws at least one).
 
 A schematic is drawn from code, so it stays editable and renders wherever the notebook does (the
 website, Jupyter, Colab): :func:`canvas` gives an empty drawing area in data units, :func:`box`
