@@ -16,7 +16,8 @@ learner reaches (FLOPs counted by ``torch.utils.flop_counter``; peak = the measu
 large float32 matrix product with all threads). One more row, ``floor``, is a lower bound rather
 than an implementation: the forward and backward pass over every task's query set with the
 initial weights and no adaptation, which every meta-step does too (with adapted weights). Chapter 3
-explains what is compared and points to the table it writes.
+reads the summary, and the appendix notebook "Under the hood" explains what is compared and shows
+the table it writes.
 
 Peers are installed on first use into ``bench/.peers`` (pip ``--target``: a separate directory
 on the peers' ``sys.path`` only, never the book's environment). learn2learn 0.2.0 ships C sources

@@ -44,21 +44,23 @@ if "google.colab" in sys.modules:
 
 # %%
 import copy
-import os
-import subprocess
+import json
 import textwrap
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from IPython.display import display
+from IPython.display import Markdown, display
+from matplotlib.patches import Rectangle
 from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 import mlhelpers
 from mlhelpers import budget, quick_mode, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
+from mlhelpers.diagrams import arrow, box, canvas
 from mlhelpers.display import markdown_table
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
@@ -66,10 +68,10 @@ from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_learning_curves
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.regression import SinusoidTasks
+from mlhelpers.stepcost import measure_meta_step
 from mlhelpers.training import meta_train
 
-# One thread: the book's machine is a shared 2-core CPU, and these small networks gain little
-# from a second thread (measured: under load it made steps slower, not faster).
+# One thread: the book's machine is a shared 2-core CPU (the appendix "Under the hood" says why).
 torch.set_num_threads(1)
 device = torch.device("cpu")
 print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, device {device}, quick mode {quick_mode()}")
@@ -99,6 +101,33 @@ NOTEBOOK_START = time.perf_counter()
 # "the network at $\phi_i$" costs nothing to build; `grad(f)` is the gradient of a scalar function
 # *as a function*, so the inner gradient stays differentiable and the outer `grad` goes through it
 # (Chapter 2, section 2.3); `vmap` runs the per-task function on all tasks of a batch at once.
+#
+# *One meta-step as a computation graph.* The shared weights $\theta$ enter every task twice: in
+# its support loss and, directly, in its inner step. The query losses of all tasks are averaged
+# into one meta-loss, whose gradient with respect to $\theta$ flows back through every row.
+
+# %% tags=["schematic"]
+fig, ax = canvas(11, 5.2, scale=1.0)
+theta = box(ax, 0.9, 2.5, "initial\nweights $\\theta$\n(shared)", width=1.3, height=1.1, color="model")
+meta = box(ax, 9.9, 2.5, "meta-loss\n$\\frac{1}{B}\\sum_i \\mathcal{L}^Q_i(\\phi_i)$", width=1.7, height=1.1, color="outer")
+for y, i in ((3.7, "1"), (1.3, "B")):
+    s = box(ax, 3.2, y, f"support loss\n$\\mathcal{{L}}^S_{i}(\\theta)$", width=1.7, height=0.8, color="support")
+    inner = box(ax, 5.6, y, f"inner step\n$\\phi_{i} = \\theta - \\alpha\\nabla\\mathcal{{L}}^S_{i}(\\theta)$",
+                width=2.5, height=0.8, color="inner")
+    q = box(ax, 8.0, y, f"query loss\n$\\mathcal{{L}}^Q_{i}(\\phi_{i})$", width=1.5, height=0.8, color="query")
+    for start, end in ((theta.right, s.left), (s.right, inner.left), (inner.right, q.left), (q.right, meta.left)):
+        arrow(ax, start, end)
+    arrow(ax, theta.right, (4.9, inner.bottom[1] if y > 2.5 else inner.top[1]), color="#999999")  # theta itself
+ax.add_patch(Rectangle((4.2, 0.7), 2.8, 3.6, fill=False, edgecolor="#b02a37", linestyle="--", linewidth=1.2))
+ax.text(5.6, 2.5, "one row per task\n($i = 1 \\dots B$)", ha="center", va="center", fontsize=9, style="italic")
+ax.text(5.6, 0.2, "second order differentiates through $\\nabla\\mathcal{L}^S_i$ inside the red box\n"
+        "(a Hessian-vector product per inner step); first order treats it as a constant",
+        ha="center", va="center", fontsize=9, color="#b02a37")
+ax.plot([meta.x, meta.x, theta.x], [meta.top[1], 4.7, 4.7], color="#b02a37", ls="--", lw=1.2)
+arrow(ax, (theta.x, 4.7), theta.top, color="#b02a37", dashed=True)
+ax.text(5.4, 4.95, "outer loop: meta-gradient $\\nabla_\\theta$ of the meta-loss, then an Adam step on $\\theta$",
+        ha="center", va="center", fontsize=9, color="#b02a37")
+plt.show()
 
 # %%
 ALPHA = 0.01  # inner learning rate of Finn et al. for sinusoids
@@ -201,7 +230,9 @@ print(f"largest relative difference: {worst:.1e}  (float32 rounding)")
 # with $\alpha = 0.01$** on **$K = 10$** points, and Adam as the meta-optimiser. The paper trains
 # this one model with $K = 10$ and fine-tunes it at test time on $K = 5$, 10 or 20 points of a new
 # task. The authors' released code adds **25 tasks per meta-batch**, Adam with $\beta = 10^{-3}$
-# and **70,000 meta-iterations** for this experiment (the paper's text does not give them).
+# and **70,000 meta-iterations** for this experiment (the paper's text does not give them; its
+# usage line for the sinusoid also leaves the inner step at the code's default, 0.001, where the
+# paper says 0.01, and we follow the paper).
 # *Ours differs:* we meta-train **a separate model for each K**, with $K$ support and $K$ query
 # points per task, and test each at its own $K$, fine-tuning with the same step size for 1 to 10
 # steps.
@@ -313,6 +344,17 @@ display(markdown_table(
      "paper, 1 step", "paper, 5 steps", "paper, 10 steps"], rows))
 print(f"Query MSE on {N_TEST_TASKS} new tasks, mean ± 95% CI over tasks; MAML meta-trained for "
       f"{SIN_ITERS:,} iterations (paper: 70,000).")
+sin_mean = {(k, name, s): sin_results[k, name][s][0] for k in (5, 10) for name in ("MAML", "pretrained") for s in range(11)}
+paper_gap = max(abs(sin_mean[5, name, s] - PAPER_K5[name][s]) for name in PAPER_K5 for s in (1, 5, 10))
+print(f"K = 10 after 10 steps: pretrained / MAML = {sin_mean[10, 'pretrained', 10] / sin_mean[10, 'MAML', 10]:.1f}; "
+      f"largest |ours - paper| at K = 5: {paper_gap:.2f}")
+for name in PAPER_K5:
+    print(f"K = 5, {name}, ours - paper after 1 / 5 / 10 steps: "
+          + " / ".join(f"{sin_mean[5, name, s] - PAPER_K5[name][s]:+.2f}" for s in (1, 5, 10)))
+if not quick_mode():  # the claims of the text below
+    assert all(sin_mean[k, "MAML", 1] < sin_mean[k, "pretrained", 10] / 2 for k in (5, 10)), "MAML after 1 step beats pretrained after 10"
+    assert all(sin_mean[k, "MAML", 10] < sin_mean[k, "MAML", 1] for k in (5, 10)), "MAML keeps improving after step 1"
+    assert paper_gap < 0.1, "K = 5 within a few hundredths of the paper"
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained", sharey=True)
@@ -348,7 +390,7 @@ plt.show()
 # 2.47 / 2.26 / 2.22 against 2.41 / 2.23 / 2.19, after 15,000 meta-iterations instead of 70,000.
 # The pretrained numbers agree within our confidence intervals. MAML's are 0.02 to 0.05 higher,
 # at the edge of our intervals (0.42 ± 0.04 against 0.38 after 5 steps). The likely reason is
-# the budget: the authors' code trains 4.7 times longer, and the training loss above was still falling
+# the budget: the authors' code trains more than four times longer, and the training loss above was still falling
 # slowly when we stopped, though the validation MSE had flattened. The protocols differ too: the
 # paper's 5-shot numbers come from a MAML model trained with $K = 10$ and fine-tuned on 5 points,
 # ours from a model trained with $K = 5$. Single-run noise also plays a part (one seed, one set
@@ -428,12 +470,11 @@ plt.show()
 # normalises with the statistics of the set it is given, never with running averages, as in the
 # original MAML code; section 3.4 shows why running averages are a bug here).
 #
-# **The budget.** The paper trained for 60,000 meta-iterations on a GPU. Here a second-order conv4
-# meta-step on 8 tasks of 5-way 1-shot takes most of a CPU second with 64 channels, and the chapter
-# must run in well under an hour on two shared cores. So we use **32 channels** instead of 64
-# (about half the time per step), 1,500 meta-steps per learner at 5-way and 600 at 20-way (printed below),
-# and the paper's inner
-# settings otherwise: $\alpha = 0.4$, one inner step in training, three at test, Adam with
+# **The budget.** The paper trained for 60,000 meta-iterations on a GPU. This chapter must run in
+# well under an hour on two shared CPU cores, and a second-order conv4 meta-step costs a sizeable
+# fraction of a CPU second even at half the paper's width (measured below). So we use **32
+# channels** instead of 64 (fewer multiply-adds per convolution), 1,500 meta-steps per learner at
+# 5-way and 600 at 20-way (printed below), and the paper's inner settings otherwise: $\alpha = 0.4$, one inner step in training, three at test, Adam with
 # $\beta = 10^{-3}$. Reptile takes three SGD steps with $\alpha = 0.4$ on the support set (the
 # original also trains on the query examples and uses Adam in the inner loop; we keep the inner
 # loop identical to MAML's); Meta-SGD starts its learned steps at 0.4. Meta-batches hold 8 tasks
@@ -443,13 +484,6 @@ plt.show()
 # little better). Nothing here was tuned on the test alphabets; the settings come from the papers.
 
 # %%
-SETUP = '''
-import torch
-from mlhelpers.data.omniglot import load_omniglot
-from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
-from mlhelpers.models import conv4
-from mlhelpers.samplers.episodic import EpisodicSampler
-
 CHANNELS, INNER_LR, TRAIN_STEPS, TEST_STEPS, Q_QUERY = 32, 0.4, 1, 3, 5
 META_BATCH = {5: 8, 20: 4}
 LEARNERS = ["MAML", "FOMAML", "Reptile", "Meta-SGD", "ANIL"]
@@ -469,14 +503,17 @@ def make_learner(name, n_way):
         return MetaSGD(model, inner_lr_init=INNER_LR, inner_steps=TRAIN_STEPS, **common)
     if name == "ANIL":
         return ANIL(model, inner_lr=INNER_LR, inner_steps=TRAIN_STEPS, **common)
-    raise ValueError(name)
+    raise ValueError(f"make_learner: name must be one of {LEARNERS}, got {name!r}")
 
 
-def train_sampler(omniglot, n_way, seed):
-    return EpisodicSampler(omniglot, n_way, 1, Q_QUERY, "train", rotations=True, seed=seed)
-'''
-exec(SETUP)  # the same source defines the learners here and in the measuring subprocess below
 omniglot = load_omniglot()
+
+
+def train_sampler(n_way, seed):
+    """Meta-training episodes: n_way-way 1-shot on the training alphabets, rotations as new classes."""
+    return EpisodicSampler(omniglot, n_way, 1, Q_QUERY, "train", rotations=True, seed=seed)
+
+
 OMNI_STEPS = {5: budget(full=1500, quick=4), 20: budget(full=600, quick=3)}
 print({f"{n}-way": f"{OMNI_STEPS[n]} meta-steps x {META_BATCH[n]} tasks" for n in (5, 20)})
 
@@ -488,7 +525,7 @@ for n_way in (5, 20):
         learner = make_learner(name, n_way)
         start = time.perf_counter()
         omni_histories[n_way, name] = meta_train(
-            learner, train_sampler(omniglot, n_way, seed=200 + n_way), steps=OMNI_STEPS[n_way],
+            learner, train_sampler(n_way, seed=200 + n_way), steps=OMNI_STEPS[n_way],
             meta_batch_size=META_BATCH[n_way], optimizer=torch.optim.Adam(learner.parameters(), lr=1e-3),
             seed=300 + i)
         omni_train_seconds[n_way, name] = time.perf_counter() - start
@@ -539,6 +576,12 @@ display(markdown_table(["learner", "5-way 1-shot", "5-way 5-shot*", "20-way 1-sh
                         "published (same four settings, full Omniglot)"], rows))
 print(f"Accuracy (%) on the meta-test alphabets, mean ± 95% CI over {N_TEST_EPISODES} episodes. "
       "*5-shot: the 1-shot-trained models fine-tuned on 5 drawings per class.")
+acc = {key: 100 * result.mean for key, result in omni_results.items()}
+if not quick_mode():  # the claims of "What the table says" below
+    assert max(LEARNERS, key=lambda m: acc[5, 1, m]) == "Meta-SGD" and max(LEARNERS, key=lambda m: acc[20, 1, m]) == "MAML"
+    assert all(acc[n, 1, "MAML"] - acc[n, 1, "FOMAML"] > 10 for n in (5, 20)), "FOMAML far behind MAML at 1-shot"
+    assert min(LEARNERS, key=lambda m: acc[5, 1, m]) == "Reptile" and min(LEARNERS, key=lambda m: acc[20, 1, m]) == "FOMAML"
+    assert acc[5, 1, "FOMAML"] < acc[5, 1, "ANIL"] < acc[5, 1, "MAML"], "ANIL between FOMAML and MAML at 5-way"
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), layout="constrained")
@@ -558,77 +601,41 @@ plt.show()
 # %% [markdown]
 # ### What a meta-step costs
 #
-# Accuracy is half the comparison; the other half is what each learner pays per meta-step. We
-# measure two things, each in a **fresh subprocess** so that nothing else the notebook did (other
-# models, cached allocations, other processes' load on the machine) muddies them:
-#
-# - **CPU time of one meta-step** (`meta_loss` + `backward` + Adam step, one thread), the mean of
-#   three steps after a warm-up step. CPU time rather than wall-clock time, because the machine is
-#   shared: CPU time of a single-threaded process barely depends on the load of the others.
-# - **Peak memory of one meta-step**: how far the process's resident set size rises above its
-#   level at the start of a meta-step (after a warm-up step). Linux keeps the peak, `VmHWM` in
-#   `/proc/self/status`, and lets a process reset it (writing `5` to `/proc/self/clear_refs`).
-#   That counts everything the step allocates (saved activations, the second-order graph,
-#   gradients), as the operating system sees it. We make `malloc` hand large blocks back to the
-#   system as soon as they are freed (`MALLOC_MMAP_THRESHOLD_`), so that the warm-up step's freed
-#   memory does not hide the next step's. (`tracemalloc` would miss all of this: PyTorch
-#   allocates tensor memory outside Python's allocator.)
+# Accuracy is half the comparison; the other half is what each learner pays per meta-step. For
+# each learner we measure the **CPU time** of one meta-step (`meta_loss`, `backward`, Adam step;
+# one thread, mean of three steps) and its **peak memory** (how far the process's memory rises
+# during the step: the saved activations, the second-order graph, the gradients).
+# `mlhelpers.stepcost.measure_meta_step` does both in a fresh process on the same four
+# meta-batches for every learner, so that nothing else this notebook holds or does muddies the
+# numbers. How it measures, and why a fresh process, is in the appendix
+# [Under the hood](appendix_under_the_hood.ipynb).
 
 # %%
-MEASURE = SETUP + '''
-import sys, time
-torch.set_num_threads(1)
-torch.manual_seed(0)
-name, n_way = sys.argv[1], int(sys.argv[2])
-learner = make_learner(name, n_way)
-sampler = train_sampler(load_omniglot(), n_way, seed=0)
-optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-batches = [sampler.sample(META_BATCH[n_way]) for _ in range(4)]
-
-def step(batch):
-    optimizer.zero_grad()
-    learner.meta_loss(batch).backward()
-    optimizer.step()
-
-def status_kb(field):
-    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
-    return int(line.split()[1])
-
-step(batches[0])  # warm-up: one-off allocations (Adam state, kernels)
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak resident set size to the current one
-before = status_kb("VmRSS")
-step(batches[1])
-peak_mb = (status_kb("VmHWM") - before) / 1024
-cpu, wall = [], []
-for batch in batches[1:]:  # three more steps, timed
-    c, w = time.process_time(), time.perf_counter()
-    step(batch)
-    cpu.append(time.process_time() - c)
-    wall.append(time.perf_counter() - w)
-print(sum(cpu) / len(cpu), sum(wall) / len(wall), peak_mb)
-'''
-
 cost = {}
 for n_way in (5, 20):
+    cost_sampler = train_sampler(n_way, seed=0)
+    cost_batches = [cost_sampler.sample(META_BATCH[n_way]) for _ in range(budget(full=4, quick=2))]  # warm-up + timed
     for name in LEARNERS:
-        out = subprocess.run([sys.executable, "-c", MEASURE, name, str(n_way)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}).stdout.split()
-        cost[n_way, name] = tuple(float(v) for v in out)
-rows = [[name, *[f"{cost[n, name][0]:.2f} s / {cost[n, name][2]:.0f} MB" for n in (5, 20)],
+        torch.manual_seed(0)
+        cost[n_way, name] = measure_meta_step(make_learner(name, n_way), cost_batches)
+rows = [[name, *[f"{cost[n, name].cpu_seconds:.2f} s / {cost[n, name].peak_mb:.0f} MB" for n in (5, 20)],
          *[f"{omni_train_seconds[n, name] / OMNI_STEPS[n]:.2f} s" for n in (5, 20)]] for name in LEARNERS]
 display(markdown_table(["learner", "5-way 1-shot, 8 tasks: CPU time / peak memory",
                         "20-way 1-shot, 4 tasks: CPU time / peak memory",
                         "5-way: wall-clock per step in training", "20-way: wall-clock per step in training"], rows))
 print("Per meta-step, measured in a fresh single-threaded process; the last two columns are the "
       "wall-clock time per step of the training runs above (shared machine, includes sampling).")
+so_time = {n: cost[n, "MAML"].cpu_seconds / cost[n, "FOMAML"].cpu_seconds for n in (5, 20)}
+so_memory = {n: cost[n, "MAML"].peak_mb / cost[n, "FOMAML"].peak_mb for n in (5, 20)}
+for n in (5, 20):
+    print(f"{n}-way: second-order MAML / first-order MAML = {so_time[n]:.1f}x the CPU time, {so_memory[n]:.1f}x the memory")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), layout="constrained")
-for ax, column, label in ((axes[0], 0, "CPU seconds per meta-step"), (axes[1], 2, "peak extra memory (MB)")):
+for ax, column, label in ((axes[0], "cpu_seconds", "CPU seconds per meta-step"), (axes[1], "peak_mb", "peak extra memory (MB)")):
     width = 0.38
     for j, n_way in enumerate((5, 20)):
-        ax.bar([i + (j - 0.5) * width for i in range(len(LEARNERS))], [cost[n_way, nm][column] for nm in LEARNERS],
+        ax.bar([i + (j - 0.5) * width for i in range(len(LEARNERS))], [getattr(cost[n_way, nm], column) for nm in LEARNERS],
                width, label=f"{n_way}-way 1-shot ({META_BATCH[n_way]} tasks)", color=["tab:blue", "tab:orange"][j])
     ax.set_xticks(range(len(LEARNERS)), LEARNERS)
     ax.set_ylabel(label)
@@ -637,54 +644,37 @@ fig.suptitle("The price of one meta-step (conv4, 32 channels, one inner step; Re
 plt.show()
 
 # %% [markdown]
-# ### Using both cores, and how the helper compares with other libraries
-#
-# Everything above ran on one thread. A laptop has several cores, and PyTorch's usual way to use
-# them is *intra-op* parallelism: each convolution, batch norm and pooling is split across all
-# cores, and the cores meet at the end of every operation. A few-shot meta-step is made of many
-# small operations (five support images, seventy-five query images), so the cores spend part of
-# their time waiting for each other, and far more when another program needs a core for a moment.
-#
-# A meta-batch, though, is a *sum of independent tasks*, which suggests parallelising across tasks
-# instead. The helper's `strategy="threads"` gives each core a Python thread of its own that runs
-# whole tasks with single-threaded kernels (PyTorch releases Python's global lock inside its
-# kernels, so the threads really run at once). Each thread computes its task's meta-gradient with
-# `torch.autograd.grad` and frees the task's graph at once; `meta_loss` returns the mean loss, and
-# its `backward()` delivers the mean of the precomputed gradients. The meta-gradient is the same,
-# to float rounding, and memory holds the graphs of two tasks instead of the whole meta-batch. One
-# detail matters: `functional_call` swaps a module's parameters for the fast weights *in place*
-# while it runs, so two threads must never share module objects; each thread gets a replica of the
-# learner whose modules are new objects but whose parameters are the very same tensors.
-#
-# The book's benchmark, `bench/meta_step.py`, times one meta-step in the standard setting of Finn
-# et al. on Omniglot (5-way 1-shot with the full-size conv4 and meta-batch; second order with one
-# and with several inner steps; first order) for both strategies of the helper, a plain per-task
-# `torch.autograd` loop (with PyTorch's default thread count, and single-threaded), and the two
+# **How the helper compares with other libraries.** Everything above ran on one thread, with the
+# helper's default way of batching tasks (a loop over them on the CPU). Is it slow? The book's
+# benchmark, `bench/meta_step.py`, times one meta-step in the standard setting of Finn et al.
+# (5-way 1-shot, conv4 with 64 channels, 32 tasks; second order with one and with five inner
+# steps, and first order) for the helper, a plain per-task `torch.autograd` loop, and the two
 # libraries people use for MAML in PyTorch, [`higher`](https://github.com/facebookresearch/higher)
-# and [`learn2learn`](https://github.com/learnables/learn2learn), each in a fresh process on the
-# same weights and tasks. It checks that all compute the same meta-gradient, measures the memory a
-# step adds, and divides the arithmetic of a step (counted by `torch.utils.flop_counter`) by its
-# time and by the machine's measured peak (a large matrix product). One row is not a meta-step but
-# a **bound**: the forward and backward pass over the query sets alone, with no adaptation at all,
-# which every implementation has to do (with adapted weights instead of the initial ones) on top of
-# its inner loop. Whatever an implementation does with the inner loop, the query pass stays, and it
-# runs the same convolution, batch-norm, ReLU and max-pooling kernels for everybody, so the bound
-# row says how much room for speed-up there is at all.
-#
-# The benchmark takes far longer than a chapter's cell should, so it runs outside the notebook:
-# `python bench/meta_step.py --high-priority` from a clone of the repository (the flag lets the
-# benchmark run ahead of other jobs on a shared machine; the script's docstring gives the exact
-# settings). Its committed results, with the number of cores, the PyTorch version and the load
-# they were measured under, are in `bench/results.md`. Timings depend on the CPU and on what else
-# runs on it, so this chapter does not quote them. Two things do not depend on the machine. The
-# meta-gradient: section 3.1 checked the helper against hand-written MAML, and the test suite
-# (`tests/test_maml.py::test_threads_and_loop_give_the_same_meta_gradient`) checks in float64 that
-# tasks in threads give the loop's meta-gradient (in float32 they agree to rounding only, because
-# single-threaded kernels add up in another order). And the memory: the helper's loop keeps the
-# graphs of the whole meta-batch until the backward pass, tasks in threads one task's graph per
-# thread. The default (`"auto"`) is `"loop"` on the CPU; choose `"threads"` to save memory with
-# large meta-batches or many inner steps, and run the benchmark to see which strategy is faster on
-# your machine.
+# and [`learn2learn`](https://github.com/learnables/learn2learn), and checks that all compute the
+# same meta-gradient. It takes longer than a chapter's cell should, so it runs outside the
+# notebook, `python bench/meta_step.py --high-priority` from a clone of the repository (see
+# `bench/README.md`), and commits its results to `bench/results.json`, which the cell below
+# reads. Timings depend on the CPU and on its load, so read them as a comparison made on one
+# machine, not as numbers for yours. The appendix [Under the hood](appendix_under_the_hood.ipynb)
+# shows the whole table and explains the helper's ways of batching tasks (a loop, threads, `vmap`).
+
+# %%
+bench_file = Path(mlhelpers.__file__).resolve().parent.parent / "bench" / "results.json"
+if bench_file.exists():
+    bench = json.loads(bench_file.read_text())
+    wall = {(r["setting"], r["implementation"]): sum(r["wall"]) / len(r["wall"]) for r in bench["results"]}
+    bench_rows = []
+    for key, label in (("so1", "second order, 1 inner step"), ("so5", "second order, 5 inner steps"),
+                       ("fo1", "first order, 1 inner step")):
+        ours_best = min(wall[key, "ours"], wall[key, "ours-loop"])
+        bench_rows.append([label, f"{ours_best:.2f} s", *[f"{wall[key, impl]:.2f} s" if (key, impl) in wall else "-"
+                                                         for impl in ("plain", "higher", "learn2learn")]])
+    display(markdown_table(["setting (32 tasks, 5-way 1-shot, conv4 64 channels)", "helper (faster strategy)",
+                            "plain loop", "higher", "learn2learn"], bench_rows))
+    print(f"Wall-clock seconds per meta-step, read from {bench_file.parent.name}/{bench_file.name} "
+          f"(made by: python bench/meta_step.py --high-priority; {bench['repeats']} timed steps each).")
+else:
+    print("bench/results.json is not here (an installed package); see bench/results.md in the repository.")
 
 # %% [markdown]
 # ### Reading the Omniglot results
@@ -693,7 +683,7 @@ plt.show()
 # numbers in the table come from the full Omniglot **background and evaluation sets**: 1,623
 # characters of 50 alphabets, of which 1,200 characters are used for meta-training, with a
 # **random split of characters** (test characters usually come from alphabets seen in training),
-# 60,000 meta-iterations, 64 channels, meta-batches of 32 (5-way) and 16 (20-way) tasks and, for
+# 60,000 meta-iterations (the usage lines of the released code say 40,000), 64 channels, meta-batches of 32 (5-way) and 16 (20-way) tasks and, for
 # 20-way, five inner steps with $\alpha = 0.1$. Ours: **130 training characters** (520 with
 # rotations) from 4 alphabets, test characters from **two alphabets no learner has seen**, 1,500
 # (5-way) and 600 (20-way) meta-steps, half the channels and a quarter of the meta-batch. Every one of these
@@ -716,24 +706,38 @@ plt.show()
 # $\alpha\lVert H_S\rVert$), and the training curves show what that costs: at 20-way, FOMAML's
 # meta-gradient barely moved the loss at all. ANIL, which adapts only the head, reached 70% at
 # 5-way and 33% at 20-way for a fraction of the inner-loop cost: most, not all, of what MAML's
-# adaptation does here is in the last layer. Reptile came last (51% and 22%): its meta-update
+# adaptation does here is in the last layer. Reptile came last at 5-way (51%) and next to last at
+# 20-way (22%, ahead only of first-order MAML): its meta-update
 # moves the initialisation towards the weights after three SGD steps on the *support* set, which
 # is not the post-adaptation query loss the others minimise, and with one support drawing per
 # class and no inner Adam (the original uses both more inner data and Adam) that target stopped
 # improving the query loss after about 200 steps. Fine-tuning the 1-shot models on 5 shots helped
 # some learners (Meta-SGD +8 and FOMAML +13 points at 5-way) and not others (ANIL lost 8 points
-# at 5-way; MAML and Reptile changed by about a point): a meta-learned initialisation and step size
+# at 5-way; MAML and Reptile changed by less than two points): a meta-learned initialisation and step size
 # are specialised to the shot count they were trained with, which is why the papers train a
 # separate model per setting.
-#
-# *The costs* follow Chapter 2's analysis. The second-order learners (MAML, Meta-SGD) keep the
-# graph of the inner gradient, so they pay the most: about 0.32 CPU s and 93 MB per 5-way step,
-# against 0.20 s and 71 MB for FOMAML, so second order costs about 1.6 times the time and 1.3
-# times the memory here. ANIL costs the time of FOMAML (its inner loop runs only the head), but
-# not its memory saving: the body's activations must still be kept for the outer backward pass.
-# Reptile is the frugal one: its meta-gradient needs no graph at all, only the adapted weights,
-# so its peak memory per step is a few MB, and its three inner steps on one support image per class
-# cost no more time than FOMAML's single step on support and query.
+
+# %%
+c5 = {name: cost[5, name] for name in LEARNERS}
+if not quick_mode():  # the claims of the paragraph below, checked on this run's measurements
+    assert all(abs(cost[n, "ANIL"].cpu_seconds / cost[n, "FOMAML"].cpu_seconds - 1) < 0.35 for n in (5, 20)), "ANIL ~ FOMAML in time"
+    assert all(cost[n, "ANIL"].peak_mb > cost[n, "FOMAML"].peak_mb for n in (5, 20)), "ANIL keeps more memory than FOMAML"
+    assert all(cost[n, "Reptile"].peak_mb < 0.25 * cost[n, "FOMAML"].peak_mb for n in (5, 20)), "Reptile's memory is small"
+    assert all(cost[n, "Reptile"].cpu_seconds < 1.25 * cost[n, "FOMAML"].cpu_seconds for n in (5, 20)), "Reptile ~ FOMAML in time"
+    assert all(so_time[n] > 1.2 and so_memory[n] > 1.1 for n in (5, 20)), "second order costs more"
+display(Markdown(
+    f"*The costs* follow Chapter 2's analysis. The second-order learners (MAML, Meta-SGD) keep the graph of "
+    f"the inner gradient, so they pay the most: {c5['MAML'].cpu_seconds:.2f} CPU s and {c5['MAML'].peak_mb:.0f} MB "
+    f"per 5-way step for MAML, against {c5['FOMAML'].cpu_seconds:.2f} s and {c5['FOMAML'].peak_mb:.0f} MB for "
+    f"first-order MAML: second order costs {so_time[5]:.1f} times the time and {so_memory[5]:.1f} times the memory "
+    f"here ({so_time[20]:.1f} and {so_memory[20]:.1f} times at 20-way). ANIL costs about the time of FOMAML "
+    f"({c5['ANIL'].cpu_seconds:.2f} s; its inner loop runs only the head), but not its memory saving "
+    f"({c5['ANIL'].peak_mb:.0f} MB): the body's activations must still be kept for the outer backward pass. "
+    f"Reptile is the frugal one: its meta-gradient needs no graph at all, only the adapted weights, so a step "
+    f"adds only {c5['Reptile'].peak_mb:.0f} MB, and its three inner steps on one support image per class cost "
+    f"no more time ({c5['Reptile'].cpu_seconds:.2f} s) than FOMAML's single step on support and query. "
+    "(CPU times move with the load of the shared machine, wall-clock times far more; the ratios are the "
+    "robust part.)"))
 
 # %% [markdown]
 # ## 3.4 Pitfalls, shown by running them
@@ -862,7 +866,7 @@ except ValueError as error:
 #
 # ### Pitfall 4: `vmap` and native batch norm give a wrong second-order gradient
 #
-# Batching tasks with `torch.func.vmap` is the fast way on a GPU. But as measured with torch 2.14,
+# Batching tasks with `torch.func.vmap` is the fast way on a GPU. But with the PyTorch version printed at the top of this notebook,
 # the **second-order** meta-gradient through the fused batch-norm kernel under `vmap` is not
 # right. We show it on a tiny conv net in float64 (so that rounding is not an excuse): the same
 # per-task function, once under `vmap` and once in a Python loop over tasks.
@@ -936,6 +940,8 @@ for split in ("train", "val", "test"):
     print(f"MAML 5-way 1-shot on {split:5s} alphabets: {overfit[split]}")
 gap = 100 * (overfit["train"].mean - overfit["test"].mean)
 print(f"train - test gap: {gap:.1f} percentage points")
+if not quick_mode():
+    assert overfit["train"].mean > overfit["val"].mean > overfit["test"].mean, "train > validation > test alphabets"
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
@@ -956,6 +962,33 @@ plt.show()
 # rules follow: never report meta-training accuracy as a
 # result, and choose hyperparameters and stopping points on the **meta-validation** alphabets,
 # never on the test ones, or the test number becomes optimistic in the same way.
+
+# %% [markdown]
+# > **Common mistakes**
+# >
+# > - *Copying the model and stepping an inner optimiser* (`copy.deepcopy` + `SGD.step()`): no
+# >   meta-gradient reaches the initial weights (pitfall 1 prints `None` for all of them). Write
+# >   the inner step as a function of the weights (`functional_call` with fast weights), so that
+# >   autograd sees it.
+# > - *Calling `torch.autograd.grad` in the inner loop without `create_graph=True`*: the result is
+# >   silently first-order MAML (pitfall 2). Keep the graph, and test the meta-gradient against a
+# >   reference, as section 3.1 does, because nothing else will tell you.
+# > - *Ignoring what second order costs*: second-order MAML backpropagates through every inner
+# >   step, so it keeps each step's graph, and its memory grows with the inner steps and the
+# >   meta-batch (the cost table of section 3.3; Chapter 2, section 2.7). Budget for it, or use
+# >   a cheaper variant, but measure what that costs in accuracy: here first-order MAML, with
+# >   $\alpha = 0.4$, lost more than ten points.
+# > - *Ordinary batch norm in a meta-learner*: its running statistics carry one task's data into
+# >   the next task and into evaluation (pitfall 3). Use per-task statistics (`norm="task"`).
+# > - *Trusting `vmap` with fused norm layers for second order*: the meta-gradient is wrong with no
+# >   warning (pitfall 4). Compare with a loop over tasks on a small network in float64.
+# > - *Evaluating on the meta-training alphabets (or tuning on the test ones)*: meta-test tasks must
+# >   come from the same family but must never appear in meta-training; otherwise you measure
+# >   ordinary generalisation to seen classes, which pitfall 5 shows is far higher.
+# > - *Reading MAML as pretraining plus fine-tuning*: the pretrained baseline of section 3.2 is
+# >   transfer learning (weights fit to all tasks at once) and it barely adapts; MAML's
+# >   initialisation predicts no better before adaptation, but it was trained for what one
+# >   gradient step makes of it. Meta-learning optimises the ability to adapt.
 #
 # ## Exercises
 #
@@ -1018,7 +1051,7 @@ print("max |maml_step - helper| over all weights:",
 # Hessian-vector product (Chapter 2). First-order MAML drops $\alpha H_S$; that is harmless when
 # $\alpha\lVert H_S\rVert$ is small (small steps, few of them, a smooth loss) and costly when the
 # inner loop moves far. Section 3.3 puts numbers on both sides for Omniglot. FOMAML's step was
-# cheaper, 0.20 against 0.32 CPU s and 71 against 93 MB at 5-way. It also lost a lot: 59% against
+# cheaper in time and in memory (the ratios are printed under the cost table). It also lost a lot: 59% against
 # 81% at 5-way 1-shot and 19% against 48% at 20-way, with the same number of meta-steps. So with
 # a large inner step ($\alpha = 0.4$) and a short run, first order was *not* enough here; even
 # the training curves show FOMAML's 20-way loss barely moving. The published results, after 60,000 iterations, show the gap shrinking to half a
@@ -1044,10 +1077,13 @@ seed_everything(13)
 one_step = MAML(mlp(1, 1), inner_lr=ALPHA, inner_steps=1, eval_inner_steps=10, strategy="vmap")
 meta_train(one_step, SinusoidTasks(k_shot=5, q_query=5, seed=14), steps=EX_ITERS, meta_batch_size=25, seed=15, progress=False)
 ex_tasks = SinusoidTasks(k_shot=5, q_query=100, seed=16).sample(N_TEST_TASKS)
+ex_curves = {}
 for label, learner in (("1 inner step ", one_step), ("2 inner steps", two_steps)):
-    curve, _ = adaptation_curve(learner.model, ex_tasks)
+    ex_curves[label], _ = adaptation_curve(learner.model, ex_tasks)
     print(f"trained with {label} ({EX_ITERS:,} iterations): query MSE after 1 / 2 / 10 steps = "
-          + " / ".join(f"{curve[s].mean():.2f}" for s in (1, 2, 10)))
+          + " / ".join(f"{ex_curves[label][s].mean():.2f}" for s in (1, 2, 10)))
+if not quick_mode():  # the prediction of the solution text
+    assert all(ex_curves["2 inner steps"][s].mean() < ex_curves["1 inner step "][s].mean() for s in (2, 10))
 
 # %% [markdown]
 # **3.4.** Take one 5-way episode, predict its query set, then replace four of its query images by
@@ -1082,9 +1118,9 @@ print(f"logits of the same query image with two different companions: max change
 # - On Omniglot with an alphabet split and a CPU budget (1,500 meta-steps at 5-way, 600 at
 #   20-way), the five learners were compared at equal meta-steps. Meta-SGD and MAML led (83% and
 #   81% at 5-way 1-shot on unseen alphabets), and first-order MAML lost 22 to 29 points to MAML in
-#   the 1-shot settings they were trained for, with $\alpha = 0.4$. Second order cost about 1.6 times the
-#   time and 1.3 times the memory of first order; Reptile needed almost no memory for its
-#   meta-gradient. The absolute accuracies are far below the papers' because of the small,
+#   the 1-shot settings they were trained for, with $\alpha = 0.4$. Second order cost more time and
+#   more memory per step than first order (section 3.3 prints the ratios); Reptile needed almost no
+#   memory for its meta-gradient. The absolute accuracies are far below the papers' because of the small,
 #   alphabet-split dataset and the short runs.
 # - Five pitfalls do not crash: deep copies (no meta-gradient), a missing `create_graph` (silently
 #   first order), BatchNorm running statistics (a leak between tasks; the helper refuses them),

@@ -18,6 +18,11 @@ def chapters() -> list[Path]:
     return sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
+def appendices() -> list[Path]:
+    """The appendix notebooks, in order: ``notebooks/appendix_name.ipynb`` (after the chapters in the nav)."""
+    return sorted((ROOT / "notebooks").glob("appendix_*.ipynb"))
+
+
 def chapter_number(notebook: Path) -> int:
     match = re.match(r"(\d+)_", notebook.name)
     assert match, notebook.name

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from sitebuild import ROOT, build_site, chapter_number, chapters
+from sitebuild import ROOT, appendices, build_site, chapter_number, chapters
 
 CHAPTERS = chapters()
+APPENDICES = appendices()
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 TIMEOUT_MS = 60_000  # per wait; a page normally settles in a second or two
 
@@ -188,8 +189,9 @@ def test_chapter_page_in_the_browser(visit, index):
     visit.screenshot(notebook.stem)
     visit.check_clean()
 
-    # The footer's "next" link leads to the next chapter (after the last: the API reference).
-    following = _chapter_path(CHAPTERS[index + 1]) if index + 1 < len(CHAPTERS) else "api/"
+    # The footer's "next" link leads to the next chapter (after the last: the first appendix, else the API reference).
+    after_last = _chapter_path(APPENDICES[0]) if APPENDICES else "api/"
+    following = _chapter_path(CHAPTERS[index + 1]) if index + 1 < len(CHAPTERS) else after_last
     with page.expect_navigation(wait_until="domcontentloaded"):
         page.locator("a.md-footer__link--next").click()
     assert page.url == visit.base_url + following, (
@@ -198,6 +200,8 @@ def test_chapter_page_in_the_browser(visit, index):
     next_h1 = page.locator("article h1").first.inner_text().strip()
     if index + 1 < len(CHAPTERS):
         assert next_h1.startswith(f"{chapter_number(CHAPTERS[index + 1])}."), next_h1
+    elif APPENDICES:
+        assert next_h1.startswith("Under the hood"), next_h1
     else:
         assert next_h1.startswith("API reference"), next_h1
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sitebuild import ROOT, build_site, chapter_number, chapters
+from sitebuild import ROOT, appendices, build_site, chapter_number, chapters
 
 CHAPTERS = chapters()
+APPENDICES = appendices()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,21 @@ def _readme_repository() -> str:
     return found.pop().removesuffix(".git")
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", APPENDICES, ids=lambda p: p.stem)
+def test_appendix_page_shows_title_after_the_chapters(site, notebook):
+    page = _chapter_page(site, notebook)
+    assert page.exists(), f"no page for {notebook.name}"
+    html_text = page.read_text()
+    title = json.loads(notebook.read_text())["cells"][0]["source"][0].removeprefix("# ").split(":")[0].strip()
+    assert re.search(rf"<h1[^>]*>\s*{re.escape(title)}", html_text), f"{notebook.name}: no '<h1>{title}...' title"
+    assert "Traceback (most recent call last)" not in html_text, f"{notebook.name}: a stored output holds an error"
+    nav = (ROOT / "mkdocs.yml").read_text()
+    assert all(nav.index(f"notebooks/{notebook.name}") > nav.index(f"notebooks/{c.name}") for c in CHAPTERS), (
+        f"{notebook.name} should come after the chapters in the nav"
+    )
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS + APPENDICES, ids=lambda p: p.stem)
 def test_chapter_page_has_colab_badge_and_download(site, notebook):
     page = _chapter_page(site, notebook)
     html_text = page.read_text()

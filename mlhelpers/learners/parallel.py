@@ -2,8 +2,8 @@
 
 Few-shot operations are small, so splitting each one across cores (PyTorch's intra-op parallelism)
 spends much time waiting, more so on a shared machine. The ``"threads"`` strategy runs whole tasks
-in ``workers`` Python threads of one intra-op thread each (kernels release the GIL); Chapter 3 and
-``bench/meta_step.py`` measure both.
+in ``workers`` Python threads of one intra-op thread each (kernels release the GIL); the appendix
+"Under the hood" and ``bench/meta_step.py`` measure both.
 
 - :func:`threaded_meta_loss`: each task's meta-loss and its gradient are computed in a worker and
   its graph freed at once; ``backward()`` on the returned mean delivers the mean gradient (the
