@@ -25,6 +25,10 @@ CITED_FILE = ROOT / "notebooks" / "cited_numbers.toml"
 
 # A decimal number not glued to a word, another number or a dot (so "v1.2.3" and "x1.5" are skipped).
 NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.]*\d)")
+DIAGRAMS_IMPORT = re.compile(
+    r"^\s*(?:from mlhelpers\.diagrams import|import mlhelpers\.diagrams|from mlhelpers import [^\n]*\bdiagrams\b)",
+    re.MULTILINE,
+)
 MISTAKES_HEADING = re.compile(r"^>\s*\*\*Common mistakes\*\*", re.MULTILINE)
 
 
@@ -156,9 +160,10 @@ def test_every_chapter_has_a_common_mistakes_box(path):
 def test_every_chapter_has_a_schematic_figure(path):
     schematics = [c for c in _cells(path) if c["cell_type"] == "code" and "schematic" in c["metadata"].get("tags", [])]
     assert schematics, f"{path.name}: no code cell tagged 'schematic'"
+    imports_diagrams = any(DIAGRAMS_IMPORT.search(_source(c)) for c in _cells(path) if c["cell_type"] == "code")
     for cell in schematics:
-        assert "mlhelpers.diagrams" in _source(cell) or "diagrams." in _source(cell), (
-            f"{path.name}: a schematic cell should draw with mlhelpers.diagrams"
+        assert imports_diagrams and re.search(r"\b(?:diagrams\.)?canvas\(", _source(cell)), (
+            f"{path.name}: a schematic cell should draw on a mlhelpers.diagrams canvas"
         )
         assert any("image/png" in o.get("data", {}) for o in cell.get("outputs", [])), (
             f"{path.name}: a schematic cell has no stored picture (run the chapter in full)"
