@@ -371,6 +371,11 @@ def read_verified(file: str | os.PathLike | io.BytesIO, *, what: str, advice: st
     if not isinstance(state, dict):
         raise ValueError(f"{what} {name} holds a {type(state).__name__}, not a checkpoint dict")
     stored = state.pop(CHECKSUM_KEY, None)
+    if stored is None and (damaged := _damaged_checksum_key(state)) is not None:
+        raise CorruptCheckpointError(
+            f"{what} {name} is damaged: it holds a checksum under the key {damaged!r} instead of "
+            f"{CHECKSUM_KEY!r} (a flipped byte in the key's name), so its content cannot be verified. {advice}"
+        )
     if stored is not None:
         found = content_sha256(state)
         if found != stored:
@@ -379,6 +384,16 @@ def read_verified(file: str | os.PathLike | io.BytesIO, *, what: str, advice: st
                 f"was written (flipped bytes or an edited value). {advice}"
             )
     return state
+
+
+def _damaged_checksum_key(state: dict[str, Any]) -> str | None:
+    """A key that differs from :data:`CHECKSUM_KEY` in one character and holds a sha256 hex digest."""
+    for key, value in state.items():
+        if (isinstance(key, str) and len(key) == len(CHECKSUM_KEY)
+                and sum(a != b for a, b in zip(key, CHECKSUM_KEY)) == 1
+                and isinstance(value, str) and len(value) == 64):
+            return key
+    return None
 
 
 def rng_state() -> dict[str, Any]:

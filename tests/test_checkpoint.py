@@ -202,6 +202,21 @@ def test_every_single_flipped_bit_in_tensor_data_is_detected(tmp_path):
             load_checkpoint(path)
 
 
+def test_every_single_flipped_bit_in_the_checksum_key_name_is_detected(tmp_path):
+    """A flip in the key's name used to hide the checksum: the file loaded unchecked."""
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, {"weights": torch.arange(8, dtype=torch.float32), "step": 3})
+    data = path.read_bytes()
+    start = data.index(CHECKSUM_KEY.encode())
+    for offset in range(len(CHECKSUM_KEY)):
+        for bit in (0x01, 0x04, 0x20):
+            flipped = bytearray(data)
+            flipped[start + offset] ^= bit
+            path.write_bytes(bytes(flipped))
+            with pytest.raises(CorruptCheckpointError, match="damaged"):
+                load_checkpoint(path)
+
+
 def test_checksum_is_stored_and_removed_on_load_and_old_files_still_load(tmp_path):
     path = tmp_path / "run.pt"
     save_checkpoint(path, {"step": 1})
