@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from mlhelpers.learners.functional import Params, sgd_steps
+from mlhelpers.learners.functional import Params, module_for_this_thread, sgd_steps
 from mlhelpers.validation import check_positive_int
 
 
@@ -171,18 +171,20 @@ def architecture_gradient(
     the graph of the inner gradient), as MAML's meta-gradient does. ``network`` is called as
     ``network(x, alphas)``; its own weights are not changed and get no gradient. The step to
     ``w'`` is one step of :func:`~mlhelpers.learners.functional.sgd_steps`, MAML's inner loop.
+    Safe to call on one network from several threads at once (each runs its own module replica).
     """
     if not isinstance(xi, (int, float)) or isinstance(xi, bool) or xi < 0:
         raise ValueError(f"xi must be a number >= 0, got {xi!r}")
     if not alphas.requires_grad:
         raise ValueError("alphas must require grad (use network.init_alphas() or alphas.requires_grad_())")
     weights = dict(network.named_parameters())
+    module = module_for_this_thread(network)  # functional_call swaps weights: one module per thread
     if xi > 0:
         def train_loss(fast: Params) -> Tensor:
-            return loss_fn(functional_call(network, fast, (train_batch[0], alphas)), train_batch[1])
+            return loss_fn(functional_call(module, fast, (train_batch[0], alphas)), train_batch[1])
 
         weights = sgd_steps(train_loss, weights, dict.fromkeys(weights, xi), 1, create_graph=True, functional=False)
-    val_loss = loss_fn(functional_call(network, weights, (val_batch[0], alphas)), val_batch[1])
+    val_loss = loss_fn(functional_call(module, weights, (val_batch[0], alphas)), val_batch[1])
     (grad,) = torch.autograd.grad(val_loss, alphas)
     return val_loss.detach(), grad
 

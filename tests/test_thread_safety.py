@@ -12,6 +12,7 @@ import threading
 import pytest
 import torch
 
+from mlhelpers.darts import SearchNetwork, architecture_gradient
 from mlhelpers.learners import ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from mlhelpers.learners.functional import module_for_this_thread
 from mlhelpers.models import mlp
@@ -92,6 +93,25 @@ def test_concurrent_meta_gradients_match_sequential_ones():
         for output in outputs:
             for got, want in zip(output, expected[i]):
                 torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_concurrent_architecture_gradients_match_sequential_ones():
+    """DARTS' second-order step runs ``functional_call`` with per-call fast weights too."""
+    torch.manual_seed(0)
+    network = SearchNetwork(1, 3, hidden_channels=4, cells=1, nodes=2)
+    def batch():
+        return torch.randn(6, 1, 8, 8), torch.randint(0, 3, (6,))
+
+    batches = [(batch(), batch()) for _ in range(4)]
+    alphas = [network.init_alphas(scale=0.5, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+
+    def gradient(i):
+        return architecture_gradient(network, alphas[i], *batches[i], xi=0.1)[1]
+
+    expected = [gradient(i) for i in range(4)]
+    for i, outputs in enumerate(_concurrently(gradient, list(range(4)))):
+        for output in outputs:
+            torch.testing.assert_close(output, expected[i], rtol=0, atol=0)
 
 
 def test_policy_with_per_task_weights_is_safe_in_threads():
