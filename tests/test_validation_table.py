@@ -403,6 +403,8 @@ TRIGGERS: dict[str, Callable] = {
         replace(t := image_task(x_shape=shape), query_y=t.query_y.float()))),
     "learner-support-shapes": per_learner(lambda learner, shape: learner.adapt(
         image_task(x_shape=shape).support_x, torch.zeros(2, 5, dtype=torch.long))),
+    "learner-example-rank": per_learner(lambda learner, shape: learner.adapt(
+        image_task(x_shape=shape).support_x.unsqueeze(-1), image_task(x_shape=shape).support_y)),
     "learner-device": per_learner(lambda learner, shape: learner(image_task(x_shape=shape).to("meta"))),
     "learner-empty-query": per_learner(
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x[:, :0])),

@@ -8,7 +8,10 @@ in-context, Chapter 5): adapt to a support set, predict on a query set, batched 
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from mlhelpers.config import module_device
 from mlhelpers.tasks import Task, check_task
 from mlhelpers.validation import (
     INTEGER_LABEL_DTYPES,
+    NonFiniteError,
     check_floating,
     check_labels,
     check_query,
@@ -91,6 +95,30 @@ def _check_adapted_tasks(adapted: Any, query_x: Tensor) -> None:
                              "(predict needs the state adapt returned for the same tasks)")
 
 
+_SHAPE_ERROR = re.compile(r"shape|size|dimension|Expected .* input", re.IGNORECASE)
+
+
+@contextmanager
+def _shape_errors_named(**inputs: Any) -> Iterator[None]:
+    """Re-raise a torch shape error from inside a learner's model as a ValueError naming ``inputs``.
+
+    Examples of another rank or size than the model takes (``[tasks, n, 28, 28]`` for a conv net
+    that reads ``[C, H, W]``) pass every check that does not know the model, then fail in torch
+    with a message that names no argument of the learner.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if isinstance(error, NonFiniteError) or not _SHAPE_ERROR.search(str(error)):
+            raise
+        shapes = ", ".join(f"{name} {tuple(x.shape)}" for name, x in inputs.items() if isinstance(x, Tensor))
+        first_line = str(error).splitlines()[0][:300]
+        raise ValueError(
+            f"the learner's model raised a shape error on {shapes}: check that each example has the shape "
+            f"the model takes ([tasks, n, *example_shape]); torch said: {first_line}"
+        ) from error
+
+
 class MetaLearner(nn.Module, ABC):
     """Base class: subclasses implement the hooks :meth:`_adapt` and :meth:`_predict`.
 
@@ -114,7 +142,8 @@ class MetaLearner(nn.Module, ABC):
         self._check_device("support_x", support_x)
         check_support(support_x, support_y)
         self._check_dtype(support_x=support_x, support_y=support_y)
-        return self._adapt(support_x, support_y)
+        with _shape_errors_named(support_x=support_x):
+            return self._adapt(support_x, support_y)
 
     def predict(self, adapted: Any, query_x: Tensor) -> Tensor:
         """Outputs ``[tasks, n_query, out]`` on the query inputs, using the adapted state."""
@@ -122,19 +151,22 @@ class MetaLearner(nn.Module, ABC):
         check_query(query_x)
         self._check_dtype(query_x=query_x)
         _check_adapted_tasks(adapted, query_x)
-        return self._predict(adapted, query_x)
+        with _shape_errors_named(query_x=query_x):
+            return self._predict(adapted, query_x)
 
     def forward(self, task: Task) -> Tensor:
         """Adapt on the support set and predict the query set: ``[tasks, n_query, out]``."""
         check_task(task, module_device(self))
         self._check_task_dtype(task)
-        return self._forward(task)
+        with _shape_errors_named(support_x=task.support_x, query_x=task.query_x):
+            return self._forward(task)
 
     def meta_loss(self, task: Task) -> Tensor:
         """Scalar query loss after adaptation, averaged over the batch of tasks."""
         check_task(task, module_device(self))
         self._check_task_dtype(task)
-        return self._meta_loss(task)
+        with _shape_errors_named(support_x=task.support_x, query_x=task.query_x):
+            return self._meta_loss(task)
 
     def _check_device(self, name: str, x: Any) -> None:
         """A ValueError naming ``name`` if the tensor ``x`` is not on the learner's device."""
