@@ -25,10 +25,6 @@ CITED_FILE = ROOT / "notebooks" / "cited_numbers.toml"
 
 # A decimal number not glued to a word, another number or a dot (so "v1.2.3" and "x1.5" are skipped).
 NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.]*\d)")
-# Chapters whose new code (schematic included) awaits its full run; issue 16 stays open until it lands.
-PENDING_FULL_RUN = {
-    "03_maml_from_scratch": "its full run of the new code did not finish in the session that wrote it",
-}
 DIAGRAMS_IMPORT = re.compile(
     r"^\s*(?:from mlhelpers\.diagrams import|import mlhelpers\.diagrams|from mlhelpers import [^\n]*\bdiagrams\b)",
     re.MULTILINE,
@@ -162,8 +158,6 @@ def test_every_chapter_has_a_common_mistakes_box(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_chapter_has_a_schematic_figure(path):
-    if path.stem in PENDING_FULL_RUN:
-        pytest.xfail(PENDING_FULL_RUN[path.stem])
     schematics = [c for c in _cells(path) if c["cell_type"] == "code" and "schematic" in c["metadata"].get("tags", [])]
     assert schematics, f"{path.name}: no code cell tagged 'schematic'"
     imports_diagrams = any(DIAGRAMS_IMPORT.search(_source(c)) for c in _cells(path) if c["cell_type"] == "code")
