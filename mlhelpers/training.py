@@ -10,10 +10,17 @@ Chapter 1 introduces it; Chapter 3 checks it against MAML written from scratch.
 Run it again with the same ``checkpoint_path`` and it resumes where it stopped (or returns at once
 if it already finished); on the CPU a resumed run ends with exactly the parameters of an
 uninterrupted one.
+
+The same script runs unchanged under ``torchrun --nproc_per_node=N`` (appendix "Scaling out",
+:mod:`mlhelpers.distributed`): every rank takes ``meta_batch_size / N`` tasks of each meta-batch and
+the meta-gradients are averaged, so the run computes what one process with the whole meta-batch
+would; rank 0 alone validates, shows progress and writes (and locks) the checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -27,6 +34,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers import __version__
+from mlhelpers import distributed as dist
 from mlhelpers.checkpoint import (
     _check_plain,
     check_writable,
@@ -114,6 +122,16 @@ def meta_train(
     the ones given. ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run. Batches are
     moved to the device of the learner's parameters.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1; :mod:`mlhelpers.distributed`) every rank must be given the
+    same arguments; it draws the whole meta-batch from its sampler (rank 0's random state is given to
+    every rank at the start) and trains on its share, ``meta_batch_size`` divided by the number of
+    processes (a ValueError if it does not divide); the ranks' meta-gradients and losses are averaged
+    before each optimizer step, so the parameters follow the run of one process with the whole
+    meta-batch. Rank 0 alone validates (every rank's History gets the result), shows the progress
+    bar, locks and writes the checkpoint (with every rank's global random state); on resume rank 0
+    reads it and gives its state to every rank. An error that rank 0 meets alone (a config that does
+    not match the checkpoint, a locked path) is raised on every rank.
+
     While it runs, ``checkpoint_path`` is locked (:func:`~mlhelpers.checkpoint.checkpoint_lock`): a
     second run on the same path, in this process or another, raises
     :class:`~mlhelpers.checkpoint.CheckpointInUseError` instead of overwriting the first one's
@@ -128,12 +146,25 @@ def meta_train(
     if scheduler is not None:  # only then, so that checkpoints of runs without one still resume
         loop["scheduler"] = type(scheduler).__name__
     run_config = _run_config(config, **loop)
+    if dist.setup(params[0].device):
+        _check_same_on_every_rank(run_config, train_sampler, steps=steps, val_every=val_every,
+                                  val_episodes=val_episodes, checkpoint_every=checkpoint_every, seed=seed,
+                                  checkpointing=checkpoint_path is not None)
+        if meta_batch_size % dist.world_size():
+            raise ValueError(f"meta_batch_size={meta_batch_size} does not split evenly over {dist.world_size()} "
+                             "processes; choose a multiple of the number of processes")
     if checkpoint_path is None:
         return _meta_train(learner, train_sampler, val_sampler, None, params, optimizer, scheduler, run_config,
                            grad_clip=grad_clip, steps=steps, meta_batch_size=meta_batch_size, val_every=val_every,
                            val_episodes=val_episodes, checkpoint_every=checkpoint_every, seed=seed, progress=progress)
-    check_writable(checkpoint_path)
-    with checkpoint_lock(checkpoint_path):
+    lock = contextlib.ExitStack()  # held by rank 0 only
+
+    def acquire() -> None:
+        check_writable(checkpoint_path)
+        lock.enter_context(checkpoint_lock(checkpoint_path))
+
+    dist.on_main(acquire if dist.is_main() else None)
+    with lock:
         return _meta_train(learner, train_sampler, val_sampler, Path(checkpoint_path), params, optimizer, scheduler,
                            run_config, grad_clip=grad_clip, steps=steps, meta_batch_size=meta_batch_size,
                            val_every=val_every, val_episodes=val_episodes, checkpoint_every=checkpoint_every,
@@ -146,25 +177,44 @@ def _meta_train(
     grad_clip: float | None, steps: int, meta_batch_size: int, val_every: int, val_episodes: int,
     checkpoint_every: int, seed: int | None, progress: bool,
 ) -> History:
-    """The loop of :func:`meta_train`, its arguments checked (and ``path`` locked)."""
+    """The loop of :func:`meta_train`, its arguments checked (and ``path`` locked by rank 0)."""
     samplers = {"train": train_sampler, "val": val_sampler}
-    if path is not None and path.exists():
-        start, history, seed = _resume(path, run_config, learner, optimizer, scheduler, samplers, steps=steps,
-                                       seed=seed)
+    main, several = dist.is_main(), dist.is_distributed()
+
+    def resume() -> dict[str, Any] | None:
+        if path is None or not path.exists():
+            return None
+        return _resume(path, run_config, learner, optimizer, scheduler, samplers, steps=steps, seed=seed)
+
+    state = dist.on_main(resume if main else None)  # rank 0 reads the checkpoint and restores from it
+    if state is not None:
+        if not main:
+            _restore(path, state, learner, optimizer, scheduler, samplers)
+        start, history, seed = int(state["step"]), History.from_dict(state["history"]), state.get("seed", seed)
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        if dist.rank() < len(ranks):
+            set_rng_state(ranks[dist.rank()])
+        else:  # resumed on more processes than wrote the checkpoint
+            _seed_rank(seed)
     else:
         if seed is not None:
             seed_everything(seed)
         start, history = 0, History()
+        if several:  # every rank starts from rank 0's weights and sampler states, as DDP does
+            _restore(None, dist.broadcast(_start_state(learner, optimizer, scheduler, samplers) if main else None),
+                     learner, optimizer, scheduler, samplers)
+            _seed_rank(seed)
 
     was_training = learner.training
     elapsed_before, t0 = history.elapsed, time.perf_counter()
-    last_saved = start if path is not None and path.exists() else None
+    last_saved = start if state is not None else None
     learner.train()
     try:
-        with tqdm(total=steps, initial=start, desc="meta-train", unit="step", disable=not progress,
+        with tqdm(total=steps, initial=start, desc="meta-train", unit="step", disable=not (progress and main),
                   dynamic_ncols=True) as bar:
             for step in range(start + 1, steps + 1):
-                value = _train_step(learner, train_sampler.sample(meta_batch_size), optimizer, params, grad_clip,
+                batch = train_sampler.sample(meta_batch_size)
+                value = _train_step(learner, dist.shard(batch) if several else batch, optimizer, params, grad_clip,
                                     where=(step, path, last_saved))
                 if scheduler is not None:
                     scheduler.step()
@@ -174,7 +224,9 @@ def _meta_train(
                     _validate(learner, val_sampler, val_episodes, history, step)
                 history.elapsed = elapsed_before + time.perf_counter() - t0
                 if path is not None and (step % checkpoint_every == 0 or step == steps):
-                    _save(path, step, learner, optimizer, scheduler, samplers, history, run_config, seed)
+                    rngs = dist.gather(rng_state()) if several else None
+                    dist.on_main(functools.partial(_save, path, step, learner, optimizer, scheduler, samplers,
+                                                   history, run_config, seed, rngs) if main else None)
                     last_saved = step
                 bar.set_postfix_str(_postfix(history), refresh=False)
                 bar.update(1)
@@ -228,9 +280,9 @@ def _resume(
     *,
     steps: int,
     seed: int | None,
-) -> tuple[int, History, int | None]:
+) -> dict[str, Any]:
     """Restore a run from the checkpoint at ``path`` (whose config must be ``run_config``); return its
-    step, history and seed."""
+    state, whose step, history, seed and random states the caller takes."""
     state = load_checkpoint(path, expected_config=run_config)
     if seed is not None and state.get("seed") is not None and state["seed"] != seed:
         raise ValueError(
@@ -256,6 +308,14 @@ def _resume(
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
+    _restore(path, state, learner, optimizer, scheduler, samplers)
+    return state
+
+
+def _restore(path: Path | None, state: dict[str, Any], learner: nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: LRScheduler | None, samplers: dict[str, Any]) -> None:
+    """Load the weights, optimizer, scheduler and sampler states of a checkpoint (or of
+    :func:`_start_state`) into the run's objects."""
     try:
         learner.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -275,8 +335,41 @@ def _resume(
     samplers["train"].load_state_dict(state["samplers"]["train"])
     if samplers["val"] is not None and state["samplers"].get("val") is not None:
         samplers["val"].load_state_dict(state["samplers"]["val"])
-    set_rng_state(state["rng"])
-    return start, History.from_dict(state["history"]), state.get("seed", seed)
+
+
+def _start_state(learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None,
+                 samplers: dict[str, Any]) -> dict[str, Any]:
+    """What rank 0 gives every rank at the start of a fresh distributed run (as :func:`_restore` reads it)."""
+    return {
+        "model": learner.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "samplers": {name: s.state_dict() if s is not None else None for name, s in samplers.items()},
+    }
+
+
+def _seed_rank(seed: int | None) -> None:
+    """Give ranks other than 0 global random streams of their own (dropout in one rank's tasks must
+    not repeat another's): derived from ``seed``, or fresh entropy without one."""
+    rank = dist.rank()
+    if rank == 0:
+        return
+    if seed is not None:
+        seed_everything((seed + rank * 0x9E3779B97F4A7C15) % 2**63)
+    else:
+        seed_everything(int(torch.seed()) % 2**63)
+
+
+def _check_same_on_every_rank(run_config: dict[str, Any], train_sampler: Any, **settings: Any) -> None:
+    """A ValueError on every rank if the ranks were given different settings (config, sampler, steps, ...)."""
+    mine = {"config": run_config, "sampler": sampler_settings(train_sampler), **settings}
+    everyone = dist.gather(mine)
+    for rank, theirs in enumerate(everyone):
+        differences = config_differences(everyone[0], theirs)
+        if differences:
+            lines = "; ".join(f"{k!r}: rank 0 {a!r}, rank {rank} {b!r}" for k, (a, b) in differences.items())
+            raise ValueError(f"meta_train was given other settings on rank {rank} than on rank 0 ({lines}); "
+                             "every process must run the same training")
 
 
 _SCHEDULED = ("lr", "initial_lr")
@@ -344,10 +437,16 @@ def _train_step(
     loss = learner.meta_loss(batch)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError(f"learner.meta_loss must return a scalar tensor, got {describe(loss)}")
-    value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteError(_non_finite_message("loss", value, *where))
-    loss.backward()
+    if dist.is_distributed():  # the ranks' mean loss and meta-gradient: every rank decides alike
+        loss.backward()
+        value = dist.average_gradients(params, loss)
+        if not math.isfinite(value):
+            raise NonFiniteError(_non_finite_message("loss", value, *where))
+    else:
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteError(_non_finite_message("loss", value, *where))
+        loss.backward()
     if grad_clip is not None:
         norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
         if not math.isfinite(norm):
@@ -359,8 +458,11 @@ def _train_step(
 def _save(
     path: Path, step: int, learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None,
     samplers: dict[str, Any], history: History, run_config: dict[str, Any], seed: int | None,
+    rngs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write the checkpoint of a run at ``step`` (what :func:`_resume` reads back)."""
+    """Write the checkpoint of a run at ``step`` (what :func:`_resume` reads back); ``rngs``: every
+    rank's global random state, in a distributed run."""
+    extra = {"rng_ranks": rngs} if rngs is not None else {}
     save_checkpoint(path, {
         "model": learner.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -373,12 +475,15 @@ def _save(
         "seed": seed,
         "sampler_settings": sampler_settings(samplers["train"]),
         "version": __version__,
+        **extra,
     })
 
 
 def _validate(learner: nn.Module, val_sampler: Any, val_episodes: int, history: History, step: int) -> None:
-    """Evaluate ``learner`` on ``val_episodes`` episodes, record the result at ``step``, back to train mode."""
-    result = evaluate(learner, val_sampler, num_episodes=val_episodes)
+    """Evaluate ``learner`` on ``val_episodes`` episodes (on rank 0; every rank gets the result), record it
+    at ``step``, back to train mode."""
+    result = dist.on_main((lambda: evaluate(learner, val_sampler, num_episodes=val_episodes)) if dist.is_main()
+                          else None)
     learner.train()
     history.val_steps.append(step)
     history.val_metric.append(result.mean)
