@@ -9,7 +9,15 @@ mistakes a label for an input feature.
 **Paired** (as SNAIL, Mishra et al. 2018): one token per example, ``[x_i | y_i]``, then
 ``[x_query | 0]`` (``k + 1`` tokens, :func:`token_width` with ``paired=True``). A query finds its
 label in one attention step where the interleaved layout needs an induction head (Olsson et al.
-2022), but a paired token already holds its label, so there is no learning curve for free.
+2022), but a paired token already holds its label, so there is no learning curve for free: only
+the last, unlabelled token is a prediction.
+
+**Offset labels** (Santoro et al. 2016's memory-augmented network, :class:`~mlhelpers.learners.mann.MANN`):
+one token per example too, but token ``t`` is ``[x_t | y_{t-1}]`` (``[x_1 | 0]`` first,
+:func:`offset_labels`): each label arrives one step *after* its example. So every token is a
+prediction (of ``y_t``, from the examples before it) and the whole episode is a stream with no
+support/query split: the learning curve comes with every pass, as in the interleaved layout, with
+half as many tokens.
 
 :func:`query_sequences` builds one sequence per query, ``[tasks * n_query, 2k + 1, W]`` (a query
 never sees its own label or the other queries). :func:`prefix_sequence` (``x_1, y_1, ..., x_k``)
@@ -161,3 +169,14 @@ def task_sequences(task: Task, n_way: int | None = None, *, paired: bool = False
         label_tokens(task.support_y, width, n_way=n_way, paired=paired, name="task.support_y"),
         input_tokens(task.query_x, width, name="task.query_x"),
     )
+
+
+def offset_labels(y: Tensor, n_way: int) -> Tensor:
+    """The offset-label layout's label part: integer labels ``[tasks, T]`` -> ``[tasks, T, n_way]``,
+    row ``t`` the one-hot of ``y[:, t - 1]`` and row 0 zeros (Santoro et al. 2016). Concatenated
+    with the inputs, step ``t`` shows ``x_t`` with the previous label, never its own.
+    """
+    if not isinstance(y, Tensor) or y.dim() != 2:
+        raise ValueError(f"y must be a [tasks, T] tensor of class labels, got {_shape(y)}")
+    one_hot = F.one_hot(check_labels("y", y, n_way).long(), check_positive_int("n_way", n_way)).float()
+    return F.pad(one_hot, (0, 0, 1, 0))[:, :-1]

@@ -42,6 +42,7 @@ from mlhelpers.hpo import learner_objective, open_study, warm_start
 from mlhelpers.learners import (
     ANIL,
     MAML,
+    MANN,
     InContextLearner,
     MatchingNet,
     MetaLearner,
@@ -129,6 +130,7 @@ LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "ANIL": (lambda: ANIL(_small_conv(3), strategy="loop"), (1, 8, 8)),
     "Reptile": (lambda: Reptile(_small_conv(3), strategy="loop"), (1, 8, 8)),
     "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
+    "MANN": (lambda: MANN(16, 3, encoder=_small_conv(16), controller=8, slots=6, width=4, heads=2), (1, 8, 8)),
 }
 """Every learner of the package, with the input shape of one example it takes."""
 

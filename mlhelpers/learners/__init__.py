@@ -3,7 +3,8 @@
 Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Metric-based (Chapter 4): ProtoNet,
 MatchingNet, RelationNet, the pretrained NearestCentroid baseline, and EnsembleProtoNet (the shipped
 learner of :mod:`mlhelpers.pretrained`). In-context (Chapter 5):
-InContextLearner on a CausalTransformer.
+InContextLearner on a CausalTransformer, and MANN, the memory-augmented network of Santoro et al.
+(2016) with its memory functions.
 
 Threads: every learner may be called (``forward``, ``adapt``, ``predict``, ``meta_loss``) from several
 threads at once and gives each call its own answer. The metric and in-context learners keep no
@@ -18,6 +19,17 @@ from mlhelpers.learners.baseline import NearestCentroid, feature_mean
 from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.learners.incontext import CausalTransformer, InContextLearner, InContextState
 from mlhelpers.learners.maml import ANIL, MAML, GradientLearner, MetaSGD
+from mlhelpers.learners.mann import (
+    MANN,
+    MemoryState,
+    StreamTrace,
+    accuracy_by_instance,
+    cosine_read_weights,
+    instance_numbers,
+    least_used_weights,
+    update_usage,
+    write_weights,
+)
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
 from mlhelpers.learners.protonet import ProtoNet, class_prototypes, refine_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
@@ -31,19 +43,28 @@ __all__ = [
     "InContextLearner",
     "InContextState",
     "MAML",
+    "MANN",
     "MatchingNet",
+    "MemoryState",
     "MetaLearner",
     "MetaSGD",
     "NearestCentroid",
     "ProtoNet",
     "RelationNet",
     "Reptile",
+    "StreamTrace",
+    "accuracy_by_instance",
     "build_relation_module",
     "class_prototypes",
+    "cosine_read_weights",
     "feature_mean",
+    "instance_numbers",
+    "least_used_weights",
     "refine_prototypes",
     "relation_backbone",
     "support_one_hot",
     "task_loss",
     "task_metric",
+    "update_usage",
+    "write_weights",
 ]
