@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mlhelpers.darts import SearchNetwork, architecture_gradient
-from mlhelpers.learners import ANIL, MAML, MANN, MetaSGD, ProtoNet, Reptile
+from mlhelpers.learners import ANIL, CAVIA, MAML, MANN, FiLMLearner, MetaSGD, ProtoNet, Reptile
 from mlhelpers.learners.functional import module_for_this_thread
 from mlhelpers.models import mlp
 from mlhelpers.rl import GaussianPolicy, distribution
@@ -27,6 +27,10 @@ LEARNERS = {
     "MAML-vmap": lambda: MAML(mlp(1, 1, hidden=(32, 32)), inner_lr=0.05, inner_steps=3, strategy="vmap"),
     "ProtoNet": lambda: ProtoNet(mlp(1, 8, hidden=(32,))),
     "MANN": lambda: MANN(1, 2, controller=8, slots=6, width=4, heads=2),
+    "CAVIA": lambda: CAVIA(mlp(3, 1, hidden=(32, 32)), num_context=2, inner_steps=3, strategy="loop"),
+    "CAVIA-vmap": lambda: CAVIA(mlp(3, 1, hidden=(32, 32)), num_context=2, inner_steps=3, strategy="vmap"),
+    "FiLMLearner": lambda: FiLMLearner(mlp(1, 1, hidden=(32, 32)), input_shape=(1,), target_features=1,
+                                       film_after=1, channels=32),
 }
 
 

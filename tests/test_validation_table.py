@@ -41,8 +41,11 @@ from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.hpo import learner_objective, open_study, warm_start
 from mlhelpers.learners import (
     ANIL,
+    CAVIA,
     MAML,
     MANN,
+    FiLM,
+    FiLMLearner,
     InContextLearner,
     MatchingNet,
     MetaLearner,
@@ -120,6 +123,16 @@ def _relation() -> RelationNet:
     return RelationNet(_small_conv()[:-1], input_shape=(1, 8, 8), hidden_channels=4)
 
 
+def _cavia_conv() -> CAVIA:
+    """CAVIA on a small conv net: the context modulates the first block's channels (FiLM)."""
+    return CAVIA(_small_conv(3), num_context=4, film_after=0, channels=4, strategy="loop")
+
+
+def _film_learner() -> FiLMLearner:
+    return FiLMLearner(_small_conv(3), input_shape=(1, 8, 8), target_features=3, film_after=0, channels=4,
+                       embed_dim=8, encoder_hidden=(16,), strategy="loop")
+
+
 LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "ProtoNet": (lambda: ProtoNet(_small_conv()), (1, 8, 8)),
     "MatchingNet": (lambda: MatchingNet(_small_conv()), (1, 8, 8)),
@@ -129,6 +142,8 @@ LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "MetaSGD": (lambda: MetaSGD(_small_conv(3), strategy="loop"), (1, 8, 8)),
     "ANIL": (lambda: ANIL(_small_conv(3), strategy="loop"), (1, 8, 8)),
     "Reptile": (lambda: Reptile(_small_conv(3), strategy="loop"), (1, 8, 8)),
+    "CAVIA": (_cavia_conv, (1, 8, 8)),
+    "FiLMLearner": (_film_learner, (1, 8, 8)),
     "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
     "MANN": (lambda: MANN(16, 3, encoder=_small_conv(16), controller=8, slots=6, width=4, heads=2), (1, 8, 8)),
 }
@@ -438,6 +453,14 @@ TRIGGERS: dict[str, Callable] = {
                                    {"w": 0.1}, -2, create_graph=False, functional=False),
     "parallel-workers": lambda: map_tasks_in_threads(lambda m, t: None, nn.Linear(1, 1), image_task(), 0),
     "anil-head": lambda: ANIL(mlp(1, 1), head=9),
+    "cavia-num-context": lambda: CAVIA(mlp(1, 1), num_context=0),
+    "cavia-film-after": lambda: CAVIA(mlp(1, 1, hidden=(4, 4)), film_after=7, channels=4),
+    "cavia-channels": lambda: CAVIA(mlp(6, 1), channels=4),
+    "cavia-strategy": lambda: FiLMLearner(mlp(1, 1), input_shape=(1,), target_features=1, film_after=1,
+                                          channels=40, strategy="threads"),
+    "cavia-adapted": lambda: CAVIA(mlp(6, 1), strategy="loop").predict(torch.zeros(2, 3), regression_task().query_x),
+    "film-channels": lambda: FiLM(2, 4)(torch.zeros(3, 5), torch.zeros(2)),
+    "film-labels": lambda: _film_learner().adapt(image_task().support_x, torch.tensor([[0, 0, 1, 1, 2, 3]] * 2)),
     # Models
     "model-norm": lambda: conv4(norm="layer"),
     "model-size": lambda: conv4(hidden_channels=0),
