@@ -1,8 +1,8 @@
 """Meta-learners sharing one interface: :class:`~mlhelpers.learners.base.MetaLearner`.
 
 Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Metric-based (Chapter 4): ProtoNet,
-MatchingNet, RelationNet, the pretrained NearestCentroid baseline, and EnsembleProtoNet (the shipped
-learner of :mod:`mlhelpers.pretrained`). In-context (Chapter 5):
+MatchingNet, RelationNet, SiameseNet, the pretrained NearestCentroid baseline, and EnsembleProtoNet (the shipped
+learner of :mod:`mlhelpers.pretrained`); ProtoMAML joins the two families. In-context (Chapter 5):
 InContextLearner on a CausalTransformer.
 
 Threads: every learner may be called (``forward``, ``adapt``, ``predict``, ``meta_loss``) from several
@@ -19,9 +19,11 @@ from mlhelpers.learners.ensemble import EnsembleProtoNet
 from mlhelpers.learners.incontext import CausalTransformer, InContextLearner, InContextState
 from mlhelpers.learners.maml import ANIL, MAML, GradientLearner, MetaSGD
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
+from mlhelpers.learners.protomaml import ProtoMAML, prototype_head
 from mlhelpers.learners.protonet import ProtoNet, class_prototypes, refine_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.learners.reptile import Reptile
+from mlhelpers.learners.siamese import SiameseNet
 
 __all__ = [
     "ANIL",
@@ -35,12 +37,15 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "NearestCentroid",
+    "ProtoMAML",
     "ProtoNet",
     "RelationNet",
     "Reptile",
+    "SiameseNet",
     "build_relation_module",
     "class_prototypes",
     "feature_mean",
+    "prototype_head",
     "refine_prototypes",
     "relation_backbone",
     "support_one_hot",
