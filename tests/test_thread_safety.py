@@ -13,7 +13,18 @@ import pytest
 import torch
 
 from mlhelpers.darts import SearchNetwork, architecture_gradient
-from mlhelpers.learners import ANIL, CAVIA, MAML, MANN, FiLMLearner, MetaSGD, ProtoNet, Reptile
+from mlhelpers.learners import (
+    ANIL,
+    CAVIA,
+    MAML,
+    MANN,
+    FiLMLearner,
+    MetaSGD,
+    ProtoMAML,
+    ProtoNet,
+    Reptile,
+    SiameseNet,
+)
 from mlhelpers.learners.functional import module_for_this_thread
 from mlhelpers.models import mlp
 from mlhelpers.rl import GaussianPolicy, distribution
@@ -31,6 +42,8 @@ LEARNERS = {
     "CAVIA-vmap": lambda: CAVIA(mlp(3, 1, hidden=(32, 32)), num_context=2, inner_steps=3, strategy="vmap"),
     "FiLMLearner": lambda: FiLMLearner(mlp(1, 1, hidden=(32, 32)), input_shape=(1,), target_features=1,
                                        film_after=1, channels=32),
+    "ProtoMAML": lambda: ProtoMAML(mlp(1, 8, hidden=(32,)), inner_lr=0.05, inner_steps=3, strategy="loop"),
+    "SiameseNet": lambda: SiameseNet(mlp(1, 8, hidden=(32,)), input_shape=(1,)),
 }
 
 
@@ -70,7 +83,7 @@ def _concurrently(fn, inputs, threads: int = 4, rounds: int = 2) -> list[list[to
 def test_concurrent_calls_on_one_learner_match_sequential_ones(name):
     torch.manual_seed(0)
     learner = LEARNERS[name]()
-    if name in ("ProtoNet", "MANN"):  # classifiers: the sign of each sinusoid value as the label
+    if name in ("ProtoNet", "MANN", "ProtoMAML", "SiameseNet"):  # classifiers: the sign of y as the label
         tasks = [SinusoidTasks(5, 5, seed=i).sample(2) for i in range(4)]
         tasks = [type(t)(t.support_x, (t.support_y[..., 0] > 0).long(), t.query_x, (t.query_y[..., 0] > 0).long())
                  for t in tasks]

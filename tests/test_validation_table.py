@@ -32,7 +32,7 @@ from mlhelpers.checkpoint import (
 )
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
-from mlhelpers.data.augment import shifted_copies
+from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.ratings import load_movielens
@@ -51,9 +51,11 @@ from mlhelpers.learners import (
     MetaLearner,
     MetaSGD,
     NearestCentroid,
+    ProtoMAML,
     ProtoNet,
     RelationNet,
     Reptile,
+    SiameseNet,
     task_loss,
     task_metric,
 )
@@ -63,6 +65,7 @@ from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.pairs import PairSampler
 from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.seeding import seed_everything
@@ -144,6 +147,8 @@ LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "Reptile": (lambda: Reptile(_small_conv(3), strategy="loop"), (1, 8, 8)),
     "CAVIA": (_cavia_conv, (1, 8, 8)),
     "FiLMLearner": (_film_learner, (1, 8, 8)),
+    "ProtoMAML": (lambda: ProtoMAML(_small_conv(), strategy="loop"), (1, 8, 8)),
+    "SiameseNet": (lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)), (1, 8, 8)),
     "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
     "MANN": (lambda: MANN(16, 3, encoder=_small_conv(16), controller=8, slots=6, width=4, heads=2), (1, 8, 8)),
 }
@@ -337,6 +342,7 @@ TRIGGERS: dict[str, Callable] = {
     "pretrained-distortion": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, augment=False,
                                                          distortion={"max_rotate": 20.0}),
     "augment-shape": lambda: shifted_copies(torch.zeros(5)),
+    "augment-p-each": lambda: random_affine(torch.zeros(1, 1, 4, 4), p_each=1.5),
     "hpo-report-every": lambda: learner_objective(lambda t: None, _train_sampler(), _train_sampler(), steps=4,
                                                   report_every=0),
     "hpo-build": lambda: learner_objective("conv4", _train_sampler(), _train_sampler(), steps=4, report_every=2),
@@ -435,6 +441,10 @@ TRIGGERS: dict[str, Callable] = {
     "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
     "learner-backbone": lambda: ProtoNet("conv4"),
     "protonet-transductive": lambda: ProtoNet(nn.Flatten(), transductive_steps=-1),
+    "siamese-backbone": lambda: SiameseNet(_small_conv()[:-1], input_shape=(1, 8, 8)),
+    "protomaml-head-name": lambda: ProtoMAML(nn.ModuleDict({"proto_head": nn.Linear(2, 2)})),
+    "pair-sampler-negatives": lambda: PairSampler(make_dataset(), "train", negatives="between"),
+    "pair-sampler-across": lambda: PairSampler(make_dataset(), "train", negatives="across", n_way=4),
     "learner-query-label-range": lambda: MAML(_small_conv(3), strategy="loop").meta_loss(
         replace(t := image_task(), query_y=t.query_y + 3)),
     # task_loss / task_metric

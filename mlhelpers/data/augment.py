@@ -43,6 +43,15 @@ def affine_matrix(rotate: Tensor, scale: Tensor, shift_x: Tensor, shift_y: Tenso
     return torch.stack([a, b], dim=-2)
 
 
+KOCH_DISTORTION: dict[str, float] = {
+    "max_rotate": 10.0, "max_scale": 0.2, "max_shift": 2 / 105, "max_shear": 0.3, "p_each": 0.5,
+}
+"""Keyword arguments of :func:`random_affine` close to the distortions of Koch et al. (2015), section
+4.1: rotation up to 10 degrees, scale 0.8-1.2, shear up to 0.3, shift up to 2 of the 105 pixels of a
+raw image, each part applied with probability 0.5. (They draw scale and shear per axis; here one
+scale and one shear per image.) Chapter 4 trains its Siamese networks with it."""
+
+
 def random_affine(
     x: Tensor,
     *,
@@ -50,6 +59,7 @@ def random_affine(
     max_scale: float = 0.1,
     max_shift: float = 0.1,
     max_shear: float = 0.1,
+    p_each: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Each image of ``x`` ``[..., C, H, W]`` warped by its own random affine map; same shape.
@@ -59,6 +69,9 @@ def random_affine(
         max_scale: scale factors uniform in ``[1 - max_scale, 1 + max_scale]``.
         max_shift: shifts uniform in +-``max_shift`` of the image width (each axis).
         max_shear: shear uniform in +-``max_shear``.
+        p_each: each of the four parts (rotation, scale, shift, shear) is applied with this
+            probability, independently per image and part (Koch et al. 2015 use 0.5,
+            :data:`KOCH_DISTORTION`); 1 applies all four.
         generator: the random source (None: the global one).
     """
     for name, value in (("max_rotate", max_rotate), ("max_scale", max_scale), ("max_shift", max_shift),
@@ -67,10 +80,14 @@ def random_affine(
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if max_scale >= 1:
         raise ValueError(f"max_scale must be below 1, got {max_scale!r}")
+    if isinstance(p_each, bool) or not isinstance(p_each, (int, float)) or not 0 <= p_each <= 1:
+        raise ValueError(f"p_each must be a probability in [0, 1], got {p_each!r}")
     lead = x.shape[:-3]
 
     def uniform(half_width: float) -> Tensor:
         u = torch.rand(lead, generator=generator) * 2 - 1
+        if p_each < 1:  # only then: the default draws the same numbers as before p_each existed
+            u = u * (torch.rand(lead, generator=generator) < p_each)
         return (u * half_width).to(x.device)
 
     theta = affine_matrix(

@@ -2,8 +2,9 @@
 
 Gradient-based (Chapters 2-3): MAML, MetaSGD, ANIL, Reptile. Conditioned on the task (Chapter 3):
 CAVIA (a context vector adapted by gradient steps) and FiLMLearner (a task embedding, no steps).
-Metric-based (Chapter 4): ProtoNet, MatchingNet, RelationNet, the pretrained NearestCentroid
-baseline, and EnsembleProtoNet (the shipped learner of :mod:`mlhelpers.pretrained`). In-context (Chapter 5):
+Metric-based (Chapter 4): ProtoNet, MatchingNet, RelationNet, SiameseNet, the pretrained
+NearestCentroid baseline, and EnsembleProtoNet (the shipped learner of :mod:`mlhelpers.pretrained`);
+ProtoMAML joins the two families. In-context (Chapter 5):
 InContextLearner on a CausalTransformer, and MANN, the memory-augmented network of Santoro et al.
 (2016) with its memory functions.
 
@@ -34,9 +35,11 @@ from mlhelpers.learners.mann import (
     write_weights,
 )
 from mlhelpers.learners.matching import MatchingNet, support_one_hot
+from mlhelpers.learners.protomaml import ProtoMAML, prototype_head
 from mlhelpers.learners.protonet import ProtoNet, class_prototypes, refine_prototypes
 from mlhelpers.learners.relation import RelationNet, build_relation_module, relation_backbone
 from mlhelpers.learners.reptile import Reptile
+from mlhelpers.learners.siamese import SiameseNet
 
 __all__ = [
     "ANIL",
@@ -55,17 +58,20 @@ __all__ = [
     "MetaLearner",
     "MetaSGD",
     "NearestCentroid",
+    "ProtoMAML",
     "ProtoNet",
     "RelationNet",
     "Reptile",
     "StreamTrace",
     "accuracy_by_instance",
+    "SiameseNet",
     "build_relation_module",
     "class_prototypes",
     "cosine_read_weights",
     "feature_mean",
     "instance_numbers",
     "least_used_weights",
+    "prototype_head",
     "refine_prototypes",
     "relation_backbone",
     "support_one_hot",
