@@ -68,6 +68,7 @@ from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.pairs import PairSampler
 from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
+from mlhelpers.samplers.stream import DriftingSinusoidTasks, ReplaySampler
 from mlhelpers.seeding import seed_everything
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
@@ -404,6 +405,12 @@ TRIGGERS: dict[str, Callable] = {
     # Regression task families
     "regression-range-order": lambda: SinusoidTasks(5, 5, amplitude=(5.0, 0.1)),
     "regression-range-finite": lambda: SinusoidTasks(5, 5, x_range=(float("-inf"), 5.0)),
+    "stream-position-range": lambda: DriftingSinusoidTasks(5, 5, rounds=10, start=0.5, end=1.5),
+    "stream-rounds": lambda: DriftingSinusoidTasks(5, 5, rounds=0),
+    "stream-position-mixture": lambda: DriftingSinusoidTasks(5, 5, rounds=None).position(),
+    "stream-state": lambda: DriftingSinusoidTasks(5, 5, rounds=3).load_state_dict(SinusoidTasks(5, 5).state_dict()),
+    "replay-too-few": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=4).sample(2),
+    "replay-capacity": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=4, capacity=0),
     "regression-noise": lambda: LinearTasks(2, 5, 5, noise_std=-1.0),
     "regression-scale": lambda: LinearTasks(2, 5, 5, x_scale=float("nan")),
     # Every learner (MetaLearner.forward, meta_loss, adapt, predict)
