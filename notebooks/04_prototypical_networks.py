@@ -833,7 +833,11 @@ print("one-shot rule by hand = SiameseNet.predict's argmax on a 20-way episode")
 # networks get the same: 300 steps of 240 images (30 pair tasks of 2 characters, 1 + 3 drawings
 # each), the same learning-rate schedule, rotations as new characters, the same conv4 embedding,
 # and Koch et al.'s distortions on top (the ProtoNet had none). One Siamese network learns from
-# pairs within an alphabet, one from pairs across alphabets.
+# pairs within an alphabet, one from pairs across alphabets. A third one learns from the
+# ProtoNet's very episodes (60-way, the same initial weights and the same episodes in the same
+# order, no distortions), with the verification loss on every (query, support) pair of them, the
+# 59 "different" pairs of a query weighted, together, as much as its one "same" pair: only the
+# loss differs from the ProtoNet's.
 
 # %%
 siamese = {}
@@ -849,7 +853,19 @@ for negatives in ("within", "across"):
         scheduler=recipe.lr_schedule(optimizer, STEPS, "step"), seed=73, progress=False)
     cpu_seconds[f"Siamese ({negatives})"] = time.process_time() - start
     siamese[negatives] = learner.eval()
-print(f"Siamese networks: {STEPS} steps of 30 pair tasks; CPU seconds",
+# The ProtoNet's own episodes, initial weights and schedule (recipe.train_member(seed=0)), no distortions:
+# only the loss differs.
+seed_everything(0)
+learner = SiameseNet(conv4())
+optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+start = time.process_time()
+histories["Siamese (ProtoNet's episodes)"] = meta_train(
+    learner, EpisodicSampler(omniglot, 60, 1, 3, "train", rotations=True, seed=recipe.EPISODE_SEED_OFFSET),
+    steps=STEPS, meta_batch_size=1, optimizer=optimizer, scheduler=recipe.lr_schedule(optimizer, STEPS, "step"),
+    progress=False)
+cpu_seconds["Siamese (ProtoNet's episodes)"] = time.process_time() - start
+siamese["ProtoNet's episodes"] = learner.eval()
+print(f"Siamese networks: {STEPS} steps of 240 images; CPU seconds",
       {k: round(v) for k, v in cpu_seconds.items() if k.startswith(("Siamese", "ProtoNet"))})
 
 # %% [markdown]
@@ -895,7 +911,9 @@ for negatives, (data, learner) in siamese_light.items():
         within=verification_accuracy(learner, data, "within"), across=verification_accuracy(learner, data, "across"),
         five=five_way(data, learner, "val"), lake=lake_eval(data, learner, "val"))
 protonet_val_results = dict(five=five_way(*protonet_val, "val"), lake=val[f"plain, {STEPS} steps (section 4.2)"])
-rows = [[f"Siamese, pairs {negatives} alphabets", f"{100 * r['within']:.1f}", f"{100 * r['across']:.1f}",
+SIAMESE_NAMES = {"within": "Siamese, pairs within alphabets", "across": "Siamese, pairs across alphabets",
+                 "ProtoNet's episodes": "Siamese, the ProtoNet's episodes"}
+rows = [[SIAMESE_NAMES[negatives], f"{100 * r['within']:.1f}", f"{100 * r['across']:.1f}",
          f"{100 * r['five'].mean:.1f} ± {100 * r['five'].ci95:.1f}", f"{100 * r['lake'].mean:.1f} ± {100 * r['lake'].ci95:.1f}"]
         for negatives, r in siamese_val.items()]
 rows.append([f"ProtoNet ({STEPS} steps, section 4.2)", "-", "-",
@@ -904,7 +922,7 @@ rows.append([f"ProtoNet ({STEPS} steps, section 4.2)", "-", "-",
 display(markdown_table(["meta-validation", "verification, pairs within (%)", "verification, pairs across (%)",
                         "5-way 1-shot", "within-alphabet 20-way 1-shot"], rows))
 siamese_best = max(siamese_val, key=lambda negatives: siamese_val[negatives]["lake"].mean)
-print(f"chosen on meta-validation (within-alphabet 20-way 1-shot): the Siamese network trained on pairs {siamese_best} alphabets")
+print(f"chosen on meta-validation (within-alphabet 20-way 1-shot): {SIAMESE_NAMES[siamese_best]}")
 
 data, learner = siamese_light[siamese_best]
 shifts = (-4.0, -2.0, 0.0, 2.0, 4.0)
@@ -927,7 +945,7 @@ siamese_test = {
     "ProtoNet": (results[5, 1, "ProtoNet"], lake_test[f"ProtoNet ({STEPS} steps)"]),
 }
 KOCH = {"Convolutional Siamese net (Koch et al. 2015, Table 2)": "92.0"}
-rows = [[f"Siamese, pairs {siamese_best} alphabets" if name == "Siamese" else f"ProtoNet ({STEPS} steps, section 4.2)",
+rows = [[SIAMESE_NAMES[siamese_best] if name == "Siamese" else f"ProtoNet ({STEPS} steps, section 4.2)",
          f"{cpu_seconds['Siamese (' + siamese_best + ')'] if name == 'Siamese' else cpu_seconds['ProtoNet']:.0f}",
          f"{100 * five.mean:.1f} ± {100 * five.ci95:.1f}", f"{100 * lake.mean:.1f} ± {100 * lake.ci95:.1f}"]
         for name, (five, lake) in siamese_test.items()]
