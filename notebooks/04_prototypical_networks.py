@@ -876,12 +876,12 @@ print(f"Siamese networks: {STEPS} steps of 240 images; CPU seconds",
 # else: that for each query, the drawing of its own character scores higher than the other
 # $N - 1$ drawings *of that episode*. Only the order of a query's scores matters; adding any
 # number to all of them changes nothing. So verification spends effort that classification does
-# not reward (putting every score on the right side of an absolute threshold), and it learns
-# the distinctions its pairs ask about: if the "different" pairs come from two alphabets, most
-# can be told apart by style alone, and nothing asks the network for the finer distinctions between
-# characters of one alphabet that Lake et al.'s task is made of.
+# not reward (putting every score on the right side of an absolute threshold), and it can only
+# learn the distinctions its pairs ask about: if the "different" pairs come from two alphabets,
+# one would expect many of them to be told apart by style alone, with nothing asking the network
+# for the finer distinctions between characters of one alphabet that Lake et al.'s task is made of.
 #
-# On the meta-validation alphabets, for both Siamese networks and the ProtoNet: verification
+# On the meta-validation alphabets, for the three Siamese networks and the ProtoNet: verification
 # accuracy (balanced: the mean of the accuracies on same and on different pairs, at $p = 1/2$)
 # on 1,000 pair tasks with pairs within and across alphabets, and one-shot accuracy. Then the
 # verification threshold is moved, which changes verification accuracy and leaves every
@@ -1010,8 +1010,8 @@ print(f"ProtoNet minus Siamese, points: 5-way 1-shot {siamese_gap['5-way']:.1f},
 # weights $\theta$ through the prototypes, so the meta-gradient reaches $\theta$ along two roads:
 # through the inner steps, as in MAML, and through the prototypes, as in a ProtoNet. With no inner
 # step Proto-MAML *is* a ProtoNet. Triantafillou et al. used the first-order version
-# (fo-Proto-MAML: inner gradients as constants, the road through the prototypes kept); we take
-# second-order steps, as our MAML does.
+# (fo-Proto-MAML: inner gradients as constants, the road through the prototypes kept); we run
+# both that and second-order steps, which our MAML takes.
 #
 # By hand on one episode: the head's logits against ProtoNet's, then one inner step and the
 # meta-gradient, against `ProtoMAML`. The inner gradient must treat the head as a variable of its
@@ -1327,8 +1327,8 @@ print(f"within-alphabet 20-way 1-shot, meta-validation: the two heads label {100
 #   depends on the other queries.
 # - Metric learners are cheap at test time: the embedding is computed once per image.
 # - A Siamese network learns to verify pairs; its one-shot rule (the most similar support drawing)
-#   uses only the order of a query's scores, which verification does not optimise directly, and it
-#   learns the distinctions its pairs ask about (section 4.9).
+#   uses only the order of a query's scores, not the threshold that verification must learn, and
+#   on the ProtoNet's own images and budget it trails the ProtoNet by a wide margin (section 4.9).
 # - Proto-MAML starts each task's last layer as the ProtoNet classifier ($2c_n$, $-\lVert c_n\rVert^2$)
 #   and fine-tunes it with MAML's inner steps, the meta-gradient reaching the embedding through the
 #   prototypes too; with no inner step it is a ProtoNet.
