@@ -1116,15 +1116,16 @@ print(f"Accuracy (%), 600 episodes each, the same episodes for every row; inner 
 # ±1.0) and by 1 to 2 points on the within-alphabet task (36.3% and 37.3% against 34.9%, each
 # ±0.8), and far ahead of MAML (53.5% and 17.2%), for about as much CPU as MAML. Two things are worth noting:
 #
-# - *The gain is in the embedding, not in the fine-tuning.* On validation the best number of
-#   inner steps at test was **zero** for both (88.5% and 89.1% without a step, 87.1% and 86.1%
-#   after three): the Proto-MAML networks are used here as ProtoNets, and they are better
-#   ProtoNets than the one trained as a ProtoNet. Training through an inner step shaped an
-#   embedding whose prototypes classify better; why, this chapter does not test (a guess: the
-#   inner step's gradient rewards an embedding in which a small move of the head helps, a kind of
-#   smoothness). Triantafillou et al.'s fo-Proto-MAML fine-tunes at test on Meta-Dataset's larger,
-#   more varied tasks; whether its steps or its training account for its lead there, their table
-#   does not say either.
+# - *The gain is not in the fine-tuning.* On validation the best number of inner steps at test
+#   was **zero** for both (88.5% and 89.1% without a step, 87.1% and 86.1% after three): the
+#   Proto-MAML networks are used here as ProtoNets, and they are better ProtoNets than the one
+#   trained as a ProtoNet. Two things differ between them, and this comparison does not separate
+#   them: the training (through an inner step, the meta-gradient along both roads) and the
+#   normalisation (per-task batch statistics, which Proto-MAML needs as MAML does, so that at test
+#   each support and query set is normalised by its own statistics, against the ProtoNet's
+#   ordinary batch norm). Triantafillou et al.'s fo-Proto-MAML fine-tunes at test on
+#   Meta-Dataset's larger, more varied tasks; whether its steps or its training account for its
+#   lead there, their table does not say either.
 # - *First order does as well.* fo-Proto-MAML, which keeps the road through the prototypes and
 #   drops the inner gradients' second derivatives, is within the intervals of Proto-MAML and
 #   cheaper (27 against 38 CPU-seconds).
