@@ -222,8 +222,8 @@ plt.show()
 #   should learn to work with that noise.
 #
 # Snell et al. also halve Adam's learning rate (from $10^{-3}$) at regular intervals.
-# `mlhelpers.recipe.train_member` implements this recipe (one 60-way episode per step, one
-# query per class to keep steps cheap on a CPU); the chapter trains a short ProtoNet with it here.
+# `mlhelpers.recipe.train_member` implements this recipe (one 60-way episode per step, three
+# queries per class to keep steps cheap on a CPU); the chapter trains a short ProtoNet with it here.
 # Every learner below meets the same data: the 4 meta-training alphabets; choices are made on the
 # 2 meta-validation alphabets (Early Aramaic, Greek) and the 2 meta-test alphabets (Balinese,
 # Sanskrit) are used once, for the final numbers.
