@@ -20,7 +20,15 @@ from torch import Tensor, nn
 
 from mlhelpers.data.augment import shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
-from mlhelpers.learners import EnsembleProtoNet, MatchingNet, MetaLearner, NearestCentroid, ProtoNet, RelationNet
+from mlhelpers.learners import (
+    EnsembleProtoNet,
+    MatchingNet,
+    MetaLearner,
+    NearestCentroid,
+    ProtoNet,
+    RelationNet,
+    SiameseNet,
+)
 from mlhelpers.validation import check_module, check_positive_int, check_steps
 
 __all__ = ["EmbeddingCache", "Member", "cached", "embed_dataset", "identity_copy"]
@@ -69,8 +77,8 @@ def embed_dataset(
 def identity_copy(learner: MetaLearner) -> MetaLearner:
     """The same metric learner with its backbone replaced by the identity: it reads stored embeddings.
 
-    Supports ProtoNet, MatchingNet (its temperature frozen), NearestCentroid and RelationNet (the
-    relation module shared, not copied). Any other learner is a TypeError.
+    Supports ProtoNet, MatchingNet (its temperature frozen), NearestCentroid, RelationNet (the
+    relation module shared, not copied) and SiameseNet (its L1 head shared). Any other learner is a TypeError.
     """
     if isinstance(learner, ProtoNet):
         return ProtoNet(nn.Flatten(), transductive_steps=learner.transductive_steps)
@@ -80,8 +88,13 @@ def identity_copy(learner: MetaLearner) -> MetaLearner:
         return NearestCentroid(nn.Flatten(), learner.normalise, base_mean=learner.base_mean)
     if isinstance(learner, RelationNet):
         return RelationNet(nn.Identity(), relation_module=learner.relation, class_pooling=learner.class_pooling)
+    if isinstance(learner, SiameseNet):
+        copy = SiameseNet(nn.Flatten(), input_shape=(learner.head.in_features, 1, 1))
+        copy.head = learner.head
+        return copy
     raise TypeError(
-        f"learner must be a ProtoNet, MatchingNet, NearestCentroid or RelationNet, got {type(learner).__name__}: "
+        f"learner must be a ProtoNet, MatchingNet, NearestCentroid, RelationNet or SiameseNet, "
+        f"got {type(learner).__name__}: "
         f"only a learner whose embedding does not depend on the task can be evaluated on stored embeddings"
     )
 

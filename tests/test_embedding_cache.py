@@ -16,6 +16,7 @@ from mlhelpers.learners import (
     NearestCentroid,
     ProtoNet,
     RelationNet,
+    SiameseNet,
     feature_mean,
     relation_backbone,
 )
@@ -43,6 +44,7 @@ def _learners(data):
         MatchingNet(_net(2), scale=7.0).eval(),
         NearestCentroid(baseline_net, "cl2n", base_mean=feature_mean(baseline_net, data, "train")).eval(),
         relation,
+        SiameseNet(_net(4)).eval(),
     ]
 
 

@@ -196,6 +196,37 @@ def test_protomaml_meta_gradient_matches_finite_differences():
                 assert grad.view(-1)[i].item() == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
 
 
+def test_protomaml_meta_gradient_through_task_batch_norm_matches_finite_differences():
+    """Per-task batch norm (conv4's norm="task") in the second-order inner loop; tanh and average
+    pooling instead of ReLU and max-pooling, whose kinks would spoil the finite differences."""
+    torch.manual_seed(0)
+
+    def block(i: int, o: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o, track_running_stats=False), nn.Tanh(),
+                             nn.AvgPool2d(2))
+
+    embedding = nn.Sequential(block(1, 4), block(4, 4), nn.Flatten()).double()
+    task = EpisodicSampler(make_dataset(size=8), 3, 1, 2, seed=0).sample(2)
+    task = Task(task.support_x.double() + 0.1 * torch.randn(task.support_x.shape, dtype=torch.float64),
+                task.support_y, task.query_x.double(), task.query_y)
+    learner = ProtoMAML(embedding, inner_lr=0.1, inner_steps=2, strategy="loop")
+    params = list(learner.parameters())
+    grads = torch.autograd.grad(learner.meta_loss(task), params)
+    direction = [torch.randn_like(p) for p in params]
+    eps = 1e-6
+    with torch.no_grad():
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+        up = learner.meta_loss(task).item()
+        for p, d in zip(params, direction):
+            p.sub_(2 * eps * d)
+        down = learner.meta_loss(task).item()
+        for p, d in zip(params, direction):
+            p.add_(eps * d)
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
+    assert analytic == pytest.approx((up - down) / (2 * eps), rel=1e-5)
+
+
 def test_first_order_protomaml_keeps_the_gradient_through_the_prototypes():
     """First order drops the inner gradients' Hessian terms, not the path through the initial head."""
     torch.manual_seed(0)
