@@ -87,7 +87,8 @@ def test_hanging_rank_stops_the_job_by_the_timeout(tmp_path):
     result = torchrun("maml", str(tmp_path), "--steps", "3", "--fail-rank", "1", "--fail-step", "2", "--hang",
                       env={distributed.TIMEOUT_ENV_VAR: "5"}, timeout_s=240)
     assert result.returncode != 0
-    assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower(), result.stderr[-3000:]
+    assert f"did not arrive within {distributed.TIMEOUT_ENV_VAR}=5 s" in result.stderr, result.stderr[-3000:]
+    assert "rank 0 of 2: the all-reduce of the meta-gradient failed" in result.stderr
 
 
 def test_shard_takes_each_ranks_slice():
@@ -109,6 +110,16 @@ def test_plain_process_is_a_world_of_one(monkeypatch):
     monkeypatch.setenv(distributed.TIMEOUT_ENV_VAR, "0")
     with pytest.raises(ValueError, match="positive number of seconds"):
         distributed.timeout()
+
+
+def test_default_device_under_torchrun_is_the_ranks_gpu(monkeypatch):
+    from mlhelpers import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert default_device() == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device() == torch.device("cuda")
 
 
 def test_cuda_device_must_be_the_ranks_own(monkeypatch):
