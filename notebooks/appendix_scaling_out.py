@@ -350,7 +350,7 @@ reason = unavailable_reason()
 if reason is not None:
     print(f"Not run here: {reason}. With a server, the same cell starts two workers on one study.")
 else:
-    trials_each = budget(full=3, quick=2)
+    trials_each = budget(full=2, quick=1)
     with temporary_postgres() as url:
         workers = [subprocess.Popen([sys.executable, "-m", "mlhelpers.hpo_worker", "--storage", url, "--worker",
                                      str(n), "--trials", str(trials_each), "--steps", "20", "--val-episodes", "20"],

@@ -127,3 +127,24 @@ def test_cuda_device_must_be_the_ranks_own(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match="owns cuda:1"):
         distributed._check_device(torch.device("cuda:0"))
+
+
+def pretend_three_ranks(monkeypatch, others=lambda mine: mine):
+    """meta_train as rank 0 of 3, the other ranks' settings made by ``others`` from this one's."""
+    monkeypatch.setattr(distributed, "setup", lambda device: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "gather", lambda obj: [obj, others(obj), others(obj)])
+
+
+def test_a_meta_batch_that_does_not_split_is_refused(monkeypatch):
+    pretend_three_ranks(monkeypatch)
+    learner, sampler, _ = worker.build("maml")
+    with pytest.raises(ValueError, match="meta_batch_size=4 does not split evenly over 3 processes"):
+        worker.meta_train(learner, sampler, steps=1, meta_batch_size=4, progress=False)
+
+
+def test_ranks_given_other_settings_are_named(monkeypatch):
+    pretend_three_ranks(monkeypatch, lambda mine: {**mine, "steps": 7})
+    learner, sampler, _ = worker.build("maml")
+    with pytest.raises(ValueError, match="other settings on rank 1 than on rank 0 \\('steps': rank 0 1, rank 1 7\\)"):
+        worker.meta_train(learner, sampler, steps=1, meta_batch_size=3, progress=False)
