@@ -350,6 +350,9 @@ else:
 # their accuracy.
 
 # %%
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # Optuna's tqdm, without Jupyter widgets
 import optuna  # noqa: E402
 
 from mlhelpers.hpo import open_study  # noqa: E402
