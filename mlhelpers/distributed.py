@@ -1,4 +1,4 @@
-"""Meta-training over several processes with ``torch.distributed``. Appendix "Scaling out".
+"""Meta-training over several processes (``torch.distributed``): Chapter 1's loop, scaled out (appendix "Scaling out").
 
 :func:`~mlhelpers.training.meta_train` calls :func:`setup` first: under ``torchrun`` (``WORLD_SIZE`` > 1
 in the environment) it joins the process group (backend ``gloo`` on the CPU, ``nccl`` on CUDA, chosen

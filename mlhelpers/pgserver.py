@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for trying a shared Optuna study on one machine. Appendix "Scaling out".
+"""A throwaway PostgreSQL server for Chapter 6's shared study on one machine (appendix "Scaling out").
 
 :func:`temporary_postgres` starts a private cluster (``initdb`` + ``pg_ctl`` in a temporary directory,
 listening on 127.0.0.1 at a free port, trust authentication) with one empty database, yields its
