@@ -26,7 +26,7 @@ arithmetic peak measured as in ``bench/meta_step.py``.
 Every configuration runs ``--rounds`` times, the configurations in turn, and the table keeps each
 one's fastest round (the one least slowed by other jobs) beside all of them.
 
-Usage (about 10 minutes on a quiet 2-core CPU)::
+Usage (about 20 minutes on the loaded 2-core machine that made the committed results)::
 
     python bench/distributed_step.py --high-priority     # writes bench/distributed.md and .json
     python bench/distributed_step.py --steps 3 --learners protonet --out /tmp/d   # a quick look

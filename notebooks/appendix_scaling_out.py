@@ -267,7 +267,7 @@ assert live_diff < 1e-9
 # with the shipped Omniglot, a meta-batch of 8 tasks, and two variants of the two-process run: the
 # flat all-reduce `meta_train` uses, and PyTorch's `DistributedDataParallel` (DDP) wrapped around the
 # meta-loss, which splits the gradient into buckets and starts their all-reduces while the backward
-# pass still runs. It takes several minutes, so it runs outside the notebook
+# pass still runs (Li et al., 2020). It takes several minutes, so it runs outside the notebook
 # (`python bench/distributed_step.py --high-priority` from a clone of the repository), and its results
 # are committed with the CPU, its measured peak and the load average. The cell below shows them as
 # committed.
@@ -420,5 +420,5 @@ else:
 #
 # **References.** Goyal, P., et al. (2017). Accurate, large minibatch SGD: training ImageNet in 1 hour.
 # arXiv:1706.02677. Li, S., et al. (2020). PyTorch Distributed: experiences on accelerating data
-# parallel training. *Proceedings of the VLDB Endowment*, 13(12). Akiba, T., et al. (2019). Optuna: a
+# parallel training. *VLDB*. Akiba, T., et al. (2019). Optuna: a
 # next-generation hyperparameter optimization framework. *KDD*.
