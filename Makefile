@@ -20,7 +20,7 @@ SERVE_ADDR ?= 127.0.0.1:8000
 # notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
 NOTEBOOKS := $(wildcard notebooks)
 
-.PHONY: help env book serve browser lint test test-fast test-unit test-notebooks run-notebooks lab sync clean distclean
+.PHONY: help env book serve browser postgres lint test test-fast test-unit test-notebooks run-notebooks lab sync clean distclean
 
 # Material for MkDocs prints a banner about its future on every build; the book does not need it.
 export NO_MKDOCS_2_WARNING := 1
@@ -42,6 +42,10 @@ serve: ## serve the website with live reload (http://127.0.0.1:8000)
 browser: ## install Debian's chromium for the browser test, if missing (apt-get)
 	@scripts/install-browser.sh
 
+# tests/test_hpo_postgres.py starts a throwaway cluster of Debian's PostgreSQL server (skips without it).
+postgres: ## install Debian's PostgreSQL server for the shared-study test, if missing (apt-get)
+	@scripts/install-postgres.sh
+
 lint: ## lint and import order of every Python file (ruff, configured in pyproject.toml)
 	@$(ENV) python -m ruff check .
 
@@ -51,7 +55,7 @@ lint: ## lint and import order of every Python file (ruff, configured in pyproje
 # --nbval-current-env: kernels run on the same interpreter as pytest (the environment's python),
 # whatever kernelspec a notebook's metadata or the user's Jupyter directories name.
 # Every notebook's kernel runs offline (conftest.py): a connection attempt fails its cell.
-test: lint browser ## lint, then every test: pytest on tests/ and every notebook in quick mode
+test: lint browser postgres ## lint, then every test: pytest on tests/ and every notebook in quick mode
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) \
 		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
 
@@ -60,7 +64,7 @@ test-fast: ## the unit tests not marked slow: no notebooks, browser or site buil
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests -m "not slow" \
 		--ignore=tests/test_browser.py --ignore=tests/test_site.py $(PYTEST_ARGS)
 
-test-unit: browser ## run only tests/ (the website's browser test included)
+test-unit: browser postgres ## run only tests/ (the website's browser test included)
 	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(PYTEST_ARGS)
 
 test-notebooks: ## run only the notebooks, in quick mode

@@ -52,8 +52,14 @@ def budget(full: T, quick: T) -> T:
 
 
 def default_device() -> torch.device:
-    """CUDA when available, else CPU. Pass ``device=`` explicitly to override anywhere."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when available, else CPU. Pass ``device=`` explicitly to override anywhere.
+
+    Under ``torchrun`` (``LOCAL_RANK`` set) it is this process's own GPU, ``cuda:LOCAL_RANK``, so
+    that a script runs on several GPUs unchanged (appendix "Scaling out")."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return torch.device("cuda", int(local_rank)) if local_rank.isdigit() else torch.device("cuda")
 
 
 def module_device(module: torch.nn.Module, default: torch.device | str | None = None) -> torch.device | None:

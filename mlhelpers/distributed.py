@@ -1,4 +1,4 @@
-"""Meta-training over several processes with ``torch.distributed``. Appendix "Scaling out".
+"""Meta-training over several processes (``torch.distributed``): Chapter 1's loop, scaled out (appendix "Scaling out").
 
 :func:`~mlhelpers.training.meta_train` calls :func:`setup` first: under ``torchrun`` (``WORLD_SIZE`` > 1
 in the environment) it joins the process group (backend ``gloo`` on the CPU, ``nccl`` on CUDA, chosen
@@ -171,7 +171,7 @@ def average_gradients(params: list[Tensor], loss: Tensor) -> float:
         flags = torch.tensor([params[i].grad is not None for i in indices], dtype=dtype, device=params[0].device)
         extra = [loss.detach().reshape(1).to(dtype)] if n == 0 else []
         flat = torch.cat(parts + [flags] + extra)
-        dist.all_reduce(flat)
+        _collective("the all-reduce of the meta-gradient", dist.all_reduce, flat)
         flat /= world
         if n == 0:
             value = float(flat[-1])
@@ -190,12 +190,24 @@ def average_gradients(params: list[Tensor], loss: Tensor) -> float:
     return value
 
 
+def _collective(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the collective ``fn``; if it fails (a peer died, or did not arrive within the timeout),
+    raise a RuntimeError that says which rank waited for what, and why that happens."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"rank {rank()} of {world_size()}: {what} failed ({str(error).strip()[:400]}). Another rank "
+            f"stopped with an error (see its message above), was killed, or did not arrive within "
+            f"{TIMEOUT_ENV_VAR}={timeout().total_seconds():g} s") from error
+
+
 def broadcast(obj: T, src: int = 0) -> T:
     """``obj`` of rank ``src``, on every rank (pickled; tensors come back on the CPU or this rank's GPU)."""
     if not is_distributed():
         return obj
     box = [_to_cpu(obj) if rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
+    _collective(f"a broadcast from rank {src}", dist.broadcast_object_list, box, src=src)
     return box[0]
 
 
@@ -215,7 +227,7 @@ def gather(obj: Any) -> list[Any]:
     if not is_distributed():
         return [obj]
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, _to_cpu(obj))
+    _collective("an all-gather", dist.all_gather_object, out, _to_cpu(obj))
     return out
 
 

@@ -4,7 +4,8 @@
 on the meta-training tasks and reports validation accuracy as it goes, so a pruner can stop it
 early; every trial sees the same tasks (the samplers are rewound), so trials differ by their
 settings, not their luck. :func:`open_study` keeps a study in a journal file that processes share
-and later runs resume; :func:`warm_start` enqueues the best settings of earlier studies::
+and later runs resume, or in a database (``postgresql://...``) that workers on several machines
+share; :func:`warm_start` enqueues the best settings of earlier studies::
 
     def build(trial):
         learner = MAML(conv4(out_features=5, norm="task"),
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -31,7 +33,7 @@ from mlhelpers.evaluation import evaluate
 from mlhelpers.journal import SafeJournalFileBackend, repair_journal
 from mlhelpers.seeding import seed_everything
 from mlhelpers.training import meta_train
-from mlhelpers.validation import NonFiniteError, check_positive_int
+from mlhelpers.validation import NonFiniteError, check_positive_int, check_steps
 
 
 @dataclass
@@ -103,6 +105,11 @@ def learner_objective(
     return objective
 
 
+def is_database_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a database URL (``postgresql://...``, ``sqlite:///...``) rather than a file."""
+    return isinstance(path, str) and "://" in path
+
+
 def open_study(
     name: str,
     path: str | os.PathLike,
@@ -110,21 +117,39 @@ def open_study(
     direction: str = "maximize",
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    heartbeat: int | None = None,
+    retries: int = 0,
 ) -> optuna.Study:
-    """Create the study ``name`` in the journal file ``path``, or load it if it exists (a ValueError
-    if it exists with another ``direction``).
+    """Create the study ``name`` in the journal file or database ``path``, or load it if it exists (a
+    ValueError if it exists with another ``direction``).
 
     A journal file (append-only, with file locks) can be shared by processes on one machine or a
-    network file system, and a later run resumes the study; for a cluster, pass a database URL as
-    ``storage`` to ``optuna.create_study`` instead. A journal torn by a crash or a full disk is
-    repaired first (:func:`~mlhelpers.journal.repair_journal`, with a warning) and appends never
+    network file system, and a later run resumes the study. A journal torn by a crash or a full disk
+    is repaired first (:func:`~mlhelpers.journal.repair_journal`, with a warning) and appends never
     follow a torn line (:class:`~mlhelpers.journal.SafeJournalFileBackend`): every completed trial
     stays readable.
+
+    A database URL (``postgresql://user@host:5432/db``; SQLAlchemy's form, ``postgresql+psycopg2://``
+    too) is what workers on several machines share (appendix "Scaling out"; the driver comes with
+    ``pip install "mlhelpers[postgres]"``). There, with ``heartbeat`` (seconds), each running trial
+    records a heartbeat; a trial whose worker died is marked failed once its heartbeat is
+    ``2 * heartbeat`` seconds old (checked when any worker starts a trial) and, with ``retries`` > 0,
+    its settings are enqueued again up to ``retries`` times (Optuna's ``RetryFailedTrialCallback``).
+    Heartbeats need a database: a ValueError for a journal file.
     """
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    repair_journal(path)
-    storage = optuna.storages.JournalStorage(SafeJournalFileBackend(path))
+    retries = check_steps("retries", retries)
+    if heartbeat is not None:
+        check_positive_int("heartbeat", heartbeat)
+    if is_database_url(path):
+        storage = _database_storage(path, heartbeat, retries)
+    else:
+        if heartbeat is not None or retries:
+            raise ValueError(f"heartbeat and retries need a database storage (postgresql://...), got the "
+                             f"journal file {os.fspath(path)!r}")
+        path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        repair_journal(path)
+        storage = optuna.storages.JournalStorage(SafeJournalFileBackend(path))
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
                                 pruner=pruner, load_if_exists=True)
     if study.direction.name.lower() != direction:
@@ -133,6 +158,29 @@ def open_study(
             f"but direction={direction!r} was given: pass its direction, or another name or path"
         )
     return study
+
+
+def _database_storage(url: str, heartbeat: int | None, retries: int) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage on ``url``; a ModuleNotFoundError that names the extra if the driver is missing."""
+    import sqlalchemy.exc  # Optuna's own dependency, needed only here
+
+    callback = optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat if heartbeat is not None else None, failed_trial_callback=callback)
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError(
+                f"the database driver for {url.split('://')[0]}:// is missing ({error}); for PostgreSQL: "
+                "pip install 'mlhelpers[postgres]'") from error
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # Workers that open a fresh database at once race to create Optuna's tables (PostgreSQL:
+            # "duplicate key ... pg_type_typname_nsp_index"); the loser finds them made on its next try.
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def warm_start(study: optuna.Study, sources: Iterable[optuna.Study], top_k: int = 3) -> int:

@@ -1,8 +1,10 @@
 """One worker of a shared Optuna study (Chapter 6, section 6.4), runnable as a process::
 
     python -m mlhelpers.hpo_worker --journal studies/shared.log --worker 1 --trials 3 --steps 100
+    python -m mlhelpers.hpo_worker --storage postgresql://user@dbhost/studies --worker 2 --heartbeat 10 --retries 1
 
-Every worker opens the same study in the same journal file (:func:`mlhelpers.hpo.open_study`),
+Every worker opens the same study in the same journal file or database (:func:`mlhelpers.hpo.open_study`;
+a database is what workers on several machines share, appendix "Scaling out"),
 asks its TPE sampler for a setting of a Prototypical Network (embedding width, outer learning
 rate), meta-trains it on 5-way 1-shot Omniglot tasks at 14x14 and writes the validation accuracy
 back, so each worker's sampler sees the trials the others finished. Each trial records which
@@ -39,7 +41,7 @@ def small_omniglot() -> LabelledDataset:
 
 
 def run_worker(
-    journal: str | os.PathLike,
+    storage: str | os.PathLike,
     worker: int,
     *,
     trials: int,
@@ -47,11 +49,16 @@ def run_worker(
     val_episodes: int,
     data: LabelledDataset | None = None,
     study_name: str = "shared",
+    heartbeat: int | None = None,
+    retries: int = 0,
 ) -> optuna.Study:
-    """Add ``trials`` trials to the study ``study_name`` in ``journal`` (created if absent); returns it.
+    """Add ``trials`` trials to the study ``study_name`` in ``storage`` (a journal file or a database
+    URL; created if absent); returns it.
 
     ``worker`` (a positive int) seeds this worker's sampler and is stored on its trials; ``data``
-    (default: :func:`small_omniglot`) needs ``"train"`` and ``"val"`` splits.
+    (default: :func:`small_omniglot`) needs ``"train"`` and ``"val"`` splits. ``heartbeat`` and
+    ``retries`` (database only) mark the trials of a worker that died as failed and run them again
+    (:func:`~mlhelpers.hpo.open_study`); a retried trial counts towards ``trials``.
     """
     check_positive_int("worker", worker)
     check_positive_int("trials", trials)
@@ -70,23 +77,30 @@ def run_worker(
         return TrialSetup(learner, torch.optim.Adam(learner.parameters(), lr=lr), meta_batch_size=1)
 
     objective = learner_objective(build, train, val, steps=steps, report_every=steps, val_episodes=val_episodes)
-    study = open_study(study_name, journal, sampler=optuna.samplers.TPESampler(seed=worker))
+    study = open_study(study_name, storage, sampler=optuna.samplers.TPESampler(seed=worker), heartbeat=heartbeat,
+                       retries=retries)
     study.optimize(objective, n_trials=trials)
     return study
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """The command line: ``--journal PATH --worker N [--trials 3 --steps 100 --val-episodes 40]``."""
+    """The command line: ``--journal PATH | --storage URL, --worker N [--study shared --trials 3 --steps 100
+    --val-episodes 40 --heartbeat S --retries R]``."""
     parser = argparse.ArgumentParser(prog="python -m mlhelpers.hpo_worker", description=__doc__.split("\n")[0])
-    parser.add_argument("--journal", required=True, help="the study's journal file, shared by all workers")
+    parser.add_argument("--journal", "--storage", dest="storage", required=True,
+                        help="the study's journal file or database URL (postgresql://...), shared by all workers")
+    parser.add_argument("--study", default="shared", help="the study's name (default: shared)")
     parser.add_argument("--worker", type=int, required=True, help="this worker's number (seeds its sampler)")
     parser.add_argument("--trials", type=int, default=3, help="trials this worker adds")
     parser.add_argument("--steps", type=int, default=100, help="meta-training steps per trial")
     parser.add_argument("--val-episodes", type=int, default=40, help="validation episodes per trial")
+    parser.add_argument("--heartbeat", type=int, help="seconds between heartbeats of a running trial (database only)")
+    parser.add_argument("--retries", type=int, default=0, help="times a dead worker's trial is run again")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    run_worker(args.journal, args.worker, trials=args.trials, steps=args.steps, val_episodes=args.val_episodes)
+    run_worker(args.storage, args.worker, trials=args.trials, steps=args.steps, val_episodes=args.val_episodes,
+               study_name=args.study, heartbeat=args.heartbeat, retries=args.retries)
     print(f"worker {args.worker} (pid {os.getpid()}) done", flush=True)
 
 

@@ -87,7 +87,8 @@ def test_hanging_rank_stops_the_job_by_the_timeout(tmp_path):
     result = torchrun("maml", str(tmp_path), "--steps", "3", "--fail-rank", "1", "--fail-step", "2", "--hang",
                       env={distributed.TIMEOUT_ENV_VAR: "5"}, timeout_s=240)
     assert result.returncode != 0
-    assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower(), result.stderr[-3000:]
+    assert f"did not arrive within {distributed.TIMEOUT_ENV_VAR}=5 s" in result.stderr, result.stderr[-3000:]
+    assert "rank 0 of 2: the all-reduce of the meta-gradient failed" in result.stderr
 
 
 def test_shard_takes_each_ranks_slice():
@@ -111,8 +112,39 @@ def test_plain_process_is_a_world_of_one(monkeypatch):
         distributed.timeout()
 
 
+def test_default_device_under_torchrun_is_the_ranks_gpu(monkeypatch):
+    from mlhelpers import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert default_device() == torch.device("cuda", 1)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device() == torch.device("cuda")
+
+
 def test_cuda_device_must_be_the_ranks_own(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ValueError, match="owns cuda:1"):
         distributed._check_device(torch.device("cuda:0"))
+
+
+def pretend_three_ranks(monkeypatch, others=lambda mine: mine):
+    """meta_train as rank 0 of 3, the other ranks' settings made by ``others`` from this one's."""
+    monkeypatch.setattr(distributed, "setup", lambda device: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "gather", lambda obj: [obj, others(obj), others(obj)])
+
+
+def test_a_meta_batch_that_does_not_split_is_refused(monkeypatch):
+    pretend_three_ranks(monkeypatch)
+    learner, sampler, _ = worker.build("maml")
+    with pytest.raises(ValueError, match="meta_batch_size=4 does not split evenly over 3 processes"):
+        worker.meta_train(learner, sampler, steps=1, meta_batch_size=4, progress=False)
+
+
+def test_ranks_given_other_settings_are_named(monkeypatch):
+    pretend_three_ranks(monkeypatch, lambda mine: {**mine, "steps": 7})
+    learner, sampler, _ = worker.build("maml")
+    with pytest.raises(ValueError, match="other settings on rank 1 than on rank 0 \\('steps': rank 0 1, rank 1 7\\)"):
+        worker.meta_train(learner, sampler, steps=1, meta_batch_size=3, progress=False)
