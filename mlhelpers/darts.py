@@ -6,7 +6,8 @@ inside, ``w*(alpha)`` approximated by one step ``w' = w - xi * grad_w L_train(w,
 candidate operations; a :class:`Cell` sums edges into nodes; :class:`SearchNetwork` takes
 ``alphas`` as an argument of ``forward``. :func:`architecture_gradient` is exact (autograd, where
 the paper uses finite differences); :func:`derive_architecture` keeps the strongest operation of
-each edge and :class:`FixedNetwork` retrains it from scratch.
+each edge and :class:`FixedNetwork` retrains it from scratch. :func:`regularized_evolution` (Real et al.
+2019) searches the same cell space without gradients, by tournament selection and mutation.
 """
 
 from __future__ import annotations
@@ -247,3 +248,85 @@ def random_architecture(edges: int, operations: Sequence[str] = DEFAULT_OPERATIO
     choices = [op for op in _check_operations(operations) if op != "zero"] or ["zero"]
     picks = torch.randint(len(choices), (edges,), generator=generator).tolist()
     return [choices[i] for i in picks]
+
+
+def mutate_architecture(architecture: Sequence[str], nodes: int = 3, operations: Sequence[str] = DEFAULT_OPERATIONS,
+                        generator: torch.Generator | None = None) -> list[str]:
+    """One mutation of Real et al. (2019), in the cell space of :class:`FixedCell`: a copy of
+    ``architecture`` with either one edge's operation replaced by another non-zero operation (an
+    op mutation) or one edge switched off (to ``"zero"``) or back on (a random non-zero operation)
+    (an edge mutation, our version of their hidden-state mutation in a cell whose nodes see every
+    earlier state). Each kind with probability 1/2; an edge is never switched off if it is its
+    node's last non-zero input, so every node keeps an input.
+    """
+    operations = _check_operations(operations)
+    architecture = list(_check_operations(architecture))
+    if len(architecture) != nodes * (nodes + 1) // 2:
+        raise ValueError(f"a cell with {nodes} nodes has {nodes * (nodes + 1) // 2} edges, got {len(architecture)}")
+    choices = [op for op in operations if op != "zero"]
+    if not choices:
+        raise ValueError("operations must contain a non-zero operation")
+    node_of = [j for j in range(nodes) for _ in range(j + 1)]
+
+    def randint(n: int) -> int:
+        return int(torch.randint(n, (1,), generator=generator))
+
+    if randint(2) == 0 or "zero" not in operations:  # op mutation, on an edge that is on
+        on = [e for e, op in enumerate(architecture) if op != "zero"]
+        edge = on[randint(len(on))]
+        others = [op for op in choices if op != architecture[edge]] or choices
+        architecture[edge] = others[randint(len(others))]
+        return architecture
+    live = [sum(op != "zero" for e, op in enumerate(architecture) if node_of[e] == j) for j in range(nodes)]
+    togglable = [e for e, op in enumerate(architecture) if op == "zero" or live[node_of[e]] > 1]
+    edge = togglable[randint(len(togglable))]
+    architecture[edge] = choices[randint(len(choices))] if architecture[edge] == "zero" else "zero"
+    return architecture
+
+
+def regularized_evolution(
+    fitness: Callable[[list[str]], float],
+    *,
+    cycles: int,
+    population_size: int,
+    sample_size: int,
+    nodes: int = 3,
+    operations: Sequence[str] = DEFAULT_OPERATIONS,
+    generator: torch.Generator | None = None,
+    callback: Callable[[list[tuple[list[str], float]]], None] | None = None,
+) -> list[tuple[list[str], float]]:
+    """Regularised (ageing) evolution of Real et al. (2019) over the :class:`FixedCell` space.
+
+    ``population_size`` random architectures (:func:`random_architecture`) are scored with
+    ``fitness(architecture)`` (higher is better, e.g. validation accuracy after a short training);
+    then each of ``cycles`` cycles samples ``sample_size`` members at random, mutates the best of
+    them (:func:`mutate_architecture`), scores the child, adds it and removes the **oldest** member
+    (not the worst: that is the regularisation). ``callback(population)`` sees the population of
+    ``(architecture, fitness)`` after every step. Returns every scored ``(architecture, fitness)``
+    in order (``population_size + cycles`` of them); the best of them is the search's answer.
+    """
+    check_positive_int("cycles", cycles)
+    check_positive_int("population_size", population_size)
+    if check_positive_int("sample_size", sample_size) > population_size:
+        raise ValueError(f"sample_size ({sample_size}) must be <= population_size ({population_size})")
+    edges = check_positive_int("nodes", nodes) * (nodes + 1) // 2
+    population: list[tuple[list[str], float]] = []  # oldest first
+    history: list[tuple[list[str], float]] = []
+
+    def add(architecture: list[str]) -> None:
+        member = (architecture, float(fitness(list(architecture))))
+        population.append(member)
+        history.append(member)
+
+    while len(population) < population_size:
+        add(random_architecture(edges, operations, generator=generator))
+        if callback is not None:
+            callback(list(population))
+    for _ in range(cycles):
+        picks = torch.randperm(population_size, generator=generator)[:sample_size].tolist()
+        parent = max((population[i] for i in picks), key=lambda member: member[1])[0]
+        add(mutate_architecture(parent, nodes, operations, generator=generator))
+        population.pop(0)
+        if callback is not None:
+            callback(list(population))
+    return history

@@ -71,6 +71,10 @@ def learner_objective(
     ``optuna.TrialPruned``). ``seed`` seeds every trial's initialisation. A trial that diverges (a
     :class:`~mlhelpers.validation.NonFiniteError` in training or validation) is pruned, with the step
     in its user attribute ``"diverged_at"``.
+
+    The objective also takes ``objective(trial, steps=n)``: train for ``n`` steps instead (the
+    fidelity a multi-fidelity optimiser such as SMAC's Hyperband asks for; Chapter 6); reports stay
+    every ``report_every`` steps, and the value is the accuracy after ``n`` steps.
     """
     if not callable(build):
         raise TypeError(f"build must be a callable trial -> TrialSetup, got {type(build).__name__}")
@@ -79,7 +83,10 @@ def learner_objective(
     check_positive_int("val_episodes", val_episodes)
     rewind_train, rewind_val = _rewinder("train_sampler", train_sampler), _rewinder("val_sampler", val_sampler)
 
-    def objective(trial: optuna.Trial) -> float:
+    default_steps = steps
+
+    def objective(trial: optuna.Trial, steps: int | None = None) -> float:
+        steps = default_steps if steps is None else check_positive_int("steps", steps)
         seed_everything(seed)
         setup = build(trial)
         if not isinstance(setup, TrialSetup):

@@ -15,7 +15,9 @@ from mlhelpers.darts import (
     SearchNetwork,
     architecture_gradient,
     derive_architecture,
+    mutate_architecture,
     random_architecture,
+    regularized_evolution,
 )
 
 OPS = ("zero", "skip", "conv3x3", "avg_pool3x3")
@@ -144,3 +146,42 @@ def test_random_architecture_draws_non_zero_operations_reproducibly():
     assert draw(3) == draw(3) and len(draw(3)) == 6
     seen = {op for seed in range(20) for op in draw(seed)}
     assert seen == set(OPS) - {"zero"}
+
+
+def _live_inputs(architecture, nodes=3):
+    node_of = [j for j in range(nodes) for _ in range(j + 1)]
+    return [sum(op != "zero" for e, op in enumerate(architecture) if node_of[e] == j) for j in range(nodes)]
+
+
+def test_a_mutation_changes_one_edge_and_every_node_keeps_an_input():
+    g = torch.Generator().manual_seed(0)
+    architecture = random_architecture(6, OPS, generator=g)
+    kinds = set()
+    for _ in range(300):
+        child = mutate_architecture(architecture, 3, OPS, generator=g)
+        changed = [e for e in range(6) if child[e] != architecture[e]]
+        assert len(changed) == 1
+        kinds.add("edge" if "zero" in (child[changed[0]], architecture[changed[0]]) else "op")
+        assert min(_live_inputs(child)) >= 1
+        architecture = child
+    assert kinds == {"edge", "op"}
+    FixedNetwork(1, 3, architecture, hidden_channels=2)(torch.randn(2, 1, 6, 6))  # zeros still build a network
+
+
+def test_regularized_evolution_is_reproducible_and_keeps_the_youngest_population_size():
+    score = lambda a: sum(op == "conv3x3" for op in a) + 0.1 * sum(op == "skip" for op in a)  # noqa: E731
+    sizes, populations = [], []
+
+    def run(seed, callback=None):
+        return regularized_evolution(score, cycles=60, population_size=10, sample_size=3, operations=OPS,
+                                     generator=torch.Generator().manual_seed(seed), callback=callback)
+
+    history = run(0, lambda population: (sizes.append(len(population)), populations.append(population)))
+    assert history == run(0) and history != run(1)
+    assert len(history) == 10 + 60 and max(sizes) == 10 and sizes[-1] == 10
+    for step, population in enumerate(populations[10:], start=11):  # after the first cycle: the 10 youngest
+        assert population == history[step - 10:step]
+    # The optimum (a 3x3 convolution on all six edges) has probability 3**-6 per random cell; evolution finds it.
+    assert max(f for _, f in history) == 6
+    with pytest.raises(ValueError, match="sample_size"):
+        regularized_evolution(score, cycles=1, population_size=2, sample_size=3, operations=OPS)
