@@ -456,12 +456,14 @@ print({k: round(v, 3) for k, v in importances.items()})
 #
 # The search chose by validation accuracy; the test alphabets have played no part so far. For
 # each method we take its best complete trial over its three studies, retrain that setting from
-# scratch and evaluate it once on 600 meta-test episodes (5-way 1-shot), next to a hand-picked
-# default.
+# scratch and evaluate it once on the same 600 meta-test episodes (5-way 1-shot), next to a
+# hand-picked default.
 
 # %%
 N_TEST = budget(full=600, quick=40)
-test_tasks = EpisodicSampler(small, n_way=5, k_shot=1, q_query=5, split="test", seed=1234)
+def test_tasks():
+    """The meta-test episodes, the same 600 for every setting (a fresh sampler with one seed)."""
+    return EpisodicSampler(small, n_way=5, k_shot=1, q_query=5, split="test", seed=1234)
 
 
 def best_trial(runs):
@@ -486,7 +488,7 @@ for name, params in chosen.items():
     if params in list(chosen.values())[:list(chosen).index(name)]:  # the same setting: the same (deterministic) run
         test_results[name] = test_results[list(chosen)[list(chosen.values()).index(params)]]
     else:
-        test_results[name] = evaluate(train_setting(params), test_tasks, N_TEST)
+        test_results[name] = evaluate(train_setting(params), test_tasks(), N_TEST)
     print(f"{name:27s} {params}\n{'':27s} meta-test 5-way 1-shot accuracy {test_results[name]}")
     method = name.removeprefix("best of ")
     rows.append([name, f"{params['width']}, {params['lr']:.2e}, {params['train_ways']}, {params['norm']}",
