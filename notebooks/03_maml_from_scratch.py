@@ -989,9 +989,9 @@ plt.show()
 # the first layer has $1 + m$ inputs. For a conv net the paper feeds the context into one layer
 # through a **FiLM** layer (Perez et al. 2018): a linear map from $c$ to one scale $\gamma$ and
 # one shift $\beta$ per channel, $h \mapsto h \odot (1 + \gamma) + \beta$. The authors' code
-# for the sine experiment uses $m = 5$ context parameters, **one inner step with $\alpha = 1.0$**
-# (a hundred times MAML's, since the context has no scale of its own to learn), 25 tasks per
-# meta-batch, $K = 10$ and 50,000 meta-iterations.
+# for the sine experiment defaults to $m = 5$ context parameters, **one inner step with
+# $\alpha = 1.0$** (a hundred times MAML's), 25 tasks per meta-batch, $K = 10$ and 50,000
+# meta-iterations (`regression/arguments.py` of the authors' repository).
 #
 # From scratch, the context inner loop is the MAML inner loop of section 3.1 with the weights
 # replaced by a vector of zeros:
@@ -1042,8 +1042,8 @@ print(f"helper CAVIA vs our dozen lines: largest relative difference of the meta
 #
 # We meta-train CAVIA for $K = 5$ and $K = 10$ with the settings above, each model trained and
 # tested at its own $K$ as the MAML models of section 3.2, and test it on **the same 600 new tasks**
-# as those models, after 0 to 10 steps on the context. *Our protocol differs from the paper's:* it
-# evaluates on 1,000 new tasks (the caption of its Figure 2) with the error measured on 100 evenly
+# as those models, after 0 to 10 steps on the context. *Our protocol differs from the paper's:* its
+# Figure 2 averages over 1,000 new tasks, and the authors' code measures the error on 100 evenly
 # spaced points of $[-5, 5]$; we use 600 tasks with 100 random query points. And the budget: the
 # MAML models of section 3.2 had their full 15,000 meta-iterations; CAVIA gets fewer (printed
 # below), which can only favour MAML. The paper's table of this comparison was not available to us
