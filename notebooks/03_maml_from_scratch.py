@@ -378,7 +378,7 @@ plt.show()
 
 # %% [markdown]
 # Two things to read off the curves. First, the size of the gap: after a single step the
-# MAML initialisation is far better than the pretrained one after ten (0.70 against 2.22 for
+# MAML initialisation is far better than the pretrained one after ten (0.72 against 2.22 for
 # $K = 5$). The pretrained network moves slowly, because from weights that predict the average
 # wave a few steps of size 0.01 cannot build the right one. With $K = 10$ it moves faster, yet
 # after ten steps it is still ten times worse than MAML. Second, MAML keeps improving after the
@@ -387,11 +387,11 @@ plt.show()
 # trick that works for exactly one step; it sits where gradient descent on a sine wave's support
 # points goes somewhere useful.
 #
-# **Our numbers against the paper's.** For $K = 5$ the reproduction is close: MAML 0.70 / 0.43 /
-# 0.38 after 1 / 5 / 10 steps against the paper's 0.67 / 0.38 / 0.35, and the pretrained baseline
-# 2.48 / 2.26 / 2.22 against 2.41 / 2.23 / 2.19, after 15,000 meta-iterations instead of 70,000.
-# The pretrained numbers agree within our confidence intervals. MAML's are 0.03 to 0.05 higher,
-# at the edge of our intervals (0.43 ± 0.05 against 0.38 after 5 steps). The likely reason is
+# **Our numbers against the paper's.** For $K = 5$ the reproduction is close: MAML 0.72 / 0.42 /
+# 0.37 after 1 / 5 / 10 steps against the paper's 0.67 / 0.38 / 0.35, and the pretrained baseline
+# 2.47 / 2.26 / 2.22 against 2.41 / 2.23 / 2.19, after 15,000 meta-iterations instead of 70,000.
+# The pretrained numbers agree within our confidence intervals. MAML's are 0.02 to 0.05 higher,
+# at the edge of our intervals (0.42 ± 0.04 against 0.38 after 5 steps). The likely reason is
 # the budget: the authors' code trains more than four times longer, and the training loss above was still falling
 # slowly when we stopped, though the validation MSE had flattened. The protocols differ too: the
 # paper's 5-shot numbers come from a MAML model trained with $K = 10$ and fine-tuned on 5 points,
@@ -439,7 +439,7 @@ plt.show()
 
 # %% [markdown]
 # Notice the dotted line: **before adaptation, MAML's network predicts one low wave** that fits
-# none of the tasks, much like the average curve of section 3.2; its MSE before adaptation (2.94 in the table) is no better than the pretrained
+# none of the tasks, much like the average curve of section 3.2; its MSE before adaptation (2.93 in the table) is no better than the pretrained
 # network's (2.91). It is not a good regressor on its own; it is a good *starting point*. One step of size 0.01 on five points turns it into a sine wave of
 # the right amplitude and phase, including in regions where it has seen no point at all, which only
 # works because the prior "this is a sinusoid" has been written into the initial weights.
@@ -694,8 +694,8 @@ else:
 # few thousand tasks stop training long before the papers' millions. So the absolute numbers are
 # below the papers' (MAML 81% instead of 98.7% at 5-way 1-shot, 48% instead of 95.8% at 20-way
 # 1-shot) and are not comparable with them. Section 3.4 (pitfall 5) shows how much of the gap is
-# the alphabet split: the same MAML model scores 91.9% on the validation alphabets and 94.1% on
-# its training alphabets, against 80.6% on the test alphabets. What this section *does* measure is
+# the alphabet split: the same MAML model scores 91.5% on the validation alphabets and 94.0% on
+# its training alphabets, against 81.0% on the test alphabets. What this section *does* measure is
 # the comparison between the five learners under one equal budget, and that should be read as a
 # statement about short runs: a longer run can reorder learners that are close.
 #
@@ -955,8 +955,8 @@ ax.set(ylabel="accuracy (%), 95% CI", ylim=(0, 100), title="The same MAML model,
 plt.show()
 
 # %% [markdown]
-# The accuracy on training alphabets (94.1%) overstates what the model does on new ones: 91.9% on
-# the validation alphabets and 80.6% on the test alphabets. Part of the gap is **meta-overfitting**:
+# The accuracy on training alphabets (94.0%) overstates what the model does on new ones: 91.5% on
+# the validation alphabets and 81.0% on the test alphabets. Part of the gap is **meta-overfitting**:
 # the learner has seen these very characters, in 1,500 meta-steps of 8 episodes each. Part of it is that
 # alphabets differ in difficulty: the two test alphabets, Balinese and Sanskrit, are far harder
 # for this model than the two validation ones. That is a genuine distribution shift, and it is why
