@@ -203,3 +203,15 @@ def test_short_training_beats_every_unconditioned_network(kind):
     meta_train(learner, SinusoidTasks(10, 10, seed=1), steps=600, meta_batch_size=25, seed=2, progress=False)
     result = evaluate(learner, SinusoidTasks(10, 100, seed=3), 200)
     assert result.mean + result.ci95 < 1.5, result
+
+
+def test_vmap_second_order_through_batch_norm_matches_the_loop():
+    """Per-task batch norm in front of the FiLM layer: vmap and the loop give one meta-gradient."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, track_running_stats=False), nn.Tanh(), nn.Flatten(),
+                        nn.Linear(3 * 4 * 4, 3))
+    loop = CAVIA(net, num_context=2, inner_lr=0.5, inner_steps=2, film_after=1, channels=3, strategy="loop").double()
+    vmap = copy.deepcopy(loop)
+    vmap.strategy = "vmap"
+    task = image_tasks(num_tasks=3)
+    torch.testing.assert_close(meta_grad(vmap, task), meta_grad(loop, task))

@@ -57,7 +57,8 @@ class FiLM(nn.Module):
 
     ``forward(h, z)``: ``h`` ``[n, channels, *spatial]`` (or ``[n, channels]``), ``z`` ``[cond_features]``
     for one task; returns ``h * (1 + gamma) + beta`` with ``(gamma, beta) = linear(z)``, one scale and
-    one shift per channel. The biases start at zero, so a zero ``z`` gives the identity (the weights
+    one shift per channel (CAVIA's own code writes ``gamma * h + beta``; the ``1 +`` only moves the
+    scale's origin). The biases start at zero, so a zero ``z`` gives the identity (the weights
     keep PyTorch's default initialisation: zero weights would leave CAVIA's context without gradient).
     """
 
