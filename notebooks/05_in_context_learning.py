@@ -994,8 +994,8 @@ print("the helper's read, least-used and write weights match the hand-written me
 from mlhelpers import pretrained
 from mlhelpers.embedding_cache import embed_dataset
 
-PER_CLASS, STREAM_BATCH = 10, budget(full=64, quick=8)
-STREAM_STEPS = budget(full=450, quick=4)
+PER_CLASS, STREAM_BATCH = 10, budget(full=32, quick=8)
+STREAM_STEPS = budget(full=250, quick=4)
 N_STREAM_TEST = budget(full=600, quick=40)
 plain_embedding = pretrained.load("protonet-omniglot-plain").backbones[0]
 stream_features = embed_dataset(omniglot, plain_embedding, splits=("train", "test"))  # [N, 64, 1, 1]
