@@ -36,9 +36,7 @@
 # 3. where that learner breaks: inputs on another scale, noisy labels, longer contexts;
 # 4. few-shot Omniglot in context, and the same transformer against MAML and ProtoNets;
 # 5. a small version of Chan et al. (2022): what in the *data* makes in-context learning appear;
-# 6. the memory-augmented network of Santoro et al. (2016): an LSTM with an external memory, fed
-#    each drawing with the previous drawing's label;
-# 7. what this does and does not tell us about in-context learning in large language models.
+# 6. what this does and does not tell us about in-context learning in large language models.
 #
 # Every number below is computed when the notebook runs. In *quick mode* (`MLHELPERS_QUICK=1`)
 # the budgets shrink so the whole notebook runs in a few minutes along the same code path; the
@@ -483,7 +481,7 @@ if not quick_mode():  # the claims of the text below, checked on this run
 #
 # The figure shows the layouts side by side for a support set of three examples: the interleaved
 # one of sections 5.1-5.3, the paired one of our Omniglot models, and the offset labels of the
-# memory-augmented network, which section 5.7 trains.
+# memory-augmented network, which this chapter describes but does not train.
 
 # %% tags=["schematic"]
 from mlhelpers import diagrams
@@ -497,7 +495,7 @@ ROWS = [  # (title, tokens as (text, role), {token: the prediction read at its o
     ("(ii) paired (as SNAIL, Mishra et al. 2018):\nsections 5.4-5.6, Omniglot",
      [(r"$x_1 \mid y_1$", "support"), (r"$x_2 \mid y_2$", "support"), (r"$x_3 \mid y_3$", "support"),
       (r"$x_q \mid 0$", "query")], {3: r"$\hat y_q$"}),
-    ("(iii) offset labels (MANN, Santoro\net al. 2016): section 5.7",
+    ("(iii) offset labels (MANN, Santoro\net al. 2016): not used here",
      [(r"$x_1 \mid 0$", "support"), (r"$x_2 \mid y_1$", "support"), (r"$x_3 \mid y_2$", "support"),
       (r"$x_4 \mid y_3$", "support")], {t: f"$\\hat y_{t + 1}$" for t in range(4)}),
 ]
@@ -681,7 +679,7 @@ if not quick_mode():  # the text below
 
 # %% [markdown]
 # Reordering the same support set changes a few percent of the transformer's answers: a small
-# version of the order sensitivity reported for language models (section 5.8). With more
+# version of the order sensitivity reported for language models (section 5.7). With more
 # drawings per class, the prototypical network improves steadily, as averaging more examples
 # should; the transformer, reading contexts up to five times longer than any it was trained on,
 # gains much less, and in this run it does *worse* with two drawings per class than with one. A
@@ -852,289 +850,8 @@ if not quick_mode():  # the pattern the text below describes
 # time matters: Singh et al. (2023) found that in-context learning can *fade* again when training
 # goes on long after it appeared, as in-weights learning takes over. A longer run can tell a
 # different story.
-
-# %% [markdown]
-# ## 5.7 A memory-augmented network (Santoro et al. 2016)
 #
-# Before transformers, the black-box meta-learners were recurrent networks (Hochreiter et al.
-# 2001). An LSTM that learns in context must keep everything it has seen in its hidden state, a
-# few hundred numbers rewritten at every step. Santoro, Bartunov, Botvinick, Wierstra & Lillicrap
-# (2016) gave the LSTM an **external memory**: a matrix whose rows it writes into and reads back
-# by content, so that a drawing can be stored with its label in one step and found again many
-# steps later. Their experiment is the one this section reproduces at CPU scale.
-#
-# **The episode is a stream with offset labels.** An episode takes 5 classes, gives them the
-# labels 0-4 in a random order (new in every episode, so the weights cannot know them; one-hot
-# vectors, the paper's setting for 5 classes) and shows 10 drawings of each, 50 in random order.
-# At step $t$ the network sees the drawing $x_t$ together with the label of the *previous*
-# drawing, $[x_t \mid y_{t-1}]$ (zeros at the first step), and must output $y_t$. So every step
-# is a prediction, and a drawing's label arrives one step after it: the network has to hold $x_t$
-# until $y_t$ comes, then bind the two. There is no support/query split: the first time a class
-# appears its label can only be guessed, from the second time on it can be recognised. The score
-# is the **accuracy by instance**: on the 1st, 2nd, 3rd, ... presentation of each class.
-#
-# The three layouts of this chapter (the figure in section 5.4), precisely:
-#
-# | layout | token $t$ | tokens for $k$ examples | predictions per pass | a label reaches ... |
-# |---|---|---|---|---|
-# | interleaved (Garg et al.; sections 5.1-5.3) | $x_i$, then $y_i$ as tokens of their own | $2k + 1$ | at every $x$ token: the learning curve | the next token, a separate one |
-# | paired (SNAIL; sections 5.4-5.6) | $[x_i \mid y_i]$, then the query $[x_q \mid 0]$ | $k + 1$ | one, at the unlabelled last token | its own example's token |
-# | offset (MANN; this section) | $[x_t \mid y_{t-1}]$, first $[x_1 \mid 0]$ | $k$ | at every token: the learning curve | the token of the *next* example |
-#
-# The offset layout packs the learning curve of the interleaved layout into half as many tokens,
-# at the price the paired layout avoids: a label never sits with its own example, so using it
-# takes a second step (for a transformer, an induction head again; for the MANN, the write
-# rule below). SNAIL (Mishra et al. 2018) builds, for an $N$-way $K$-shot task, a sequence of the
-# $NK$ labelled examples followed by one unlabelled example, and predicts that last label only;
-# so does our paired transformer, one sequence per query.
-#
-# **The memory, derived.** The memory $M_t$ has $N$ rows ("slots"). At each step the controller
-# LSTM, fed $[x_t \mid y_{t-1}]$ and the previous read, emits a key $k_t$ for each read head.
-#
-# - **Read by content:** weights $w^r_t(i) = \operatorname{softmax}_i \cos(k_t, M_t(i))$ and the read
-#   vector $r_t = \sum_i w^r_t(i) M_t(i)$; the output layer sees the LSTM state and $r_t$.
-# - **Write by least-recently-used access (LRUA):** usage weights decay and grow with every read
-#   and write, $w^u_t = \gamma w^u_{t-1} + w^r_t + w^w_t$; the least-used weights $w^{lu}_{t}$ mark the
-#   slots of smallest usage; a learned gate $\sigma(\alpha)$ mixes two places to write,
-#   $w^w_t = \sigma(\alpha)\, w^r_{t-1} + (1 - \sigma(\alpha))\, w^{lu}_{t-1}$: the slot the previous
-#   step read (refresh a memory) or one nobody has used lately (a new memory), which is zeroed
-#   first; then $M_t(i) = M_{t-1}(i) + w^w_t(i)\, k_t$.
-#
-# Writing to where the previous step *read* is what binds a label to a drawing: at step $t$ the
-# controller has just been told $y_{t-1}$, and the slot $w^r_{t-1}$ points at is the one that
-# drawing $x_{t-1}$ matched. Here is the memory in a few lines, for one stream and one head, on a
-# memory of four slots, three keys and the gate shut (always write to a least-used slot):
-
-# %%
-def read(key: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights softmax_i cos(key, M_i) over the slots, and the read vector sum_i w_i M_i."""
-    weights = torch.softmax(torch.nn.functional.cosine_similarity(key[None], memory, dim=-1), dim=0)
-    return weights, weights @ memory
-
-
-def lru_write(key, memory, usage, previous_read, gate, gamma=0.95):
-    """Write ``key`` to gate * (slot read last) + (1 - gate) * (least-used slot, zeroed first); then read."""
-    least_used = torch.nn.functional.one_hot(usage.argmin(), len(usage)).float()  # the first if tied
-    write = gate * previous_read + (1 - gate) * least_used
-    memory = memory * (1 - least_used[:, None]) + write[:, None] * key[None]
-    weights, _ = read(key, memory)
-    return memory, gamma * usage + weights + write, weights, write
-
-
-memory, usage, last_read = torch.full((4, 3), 1e-6), torch.zeros(4), torch.zeros(4)
-keys = {"a": torch.tensor([1.0, 0.0, 0.0]), "b": torch.tensor([0.0, 1.0, 0.0]), "a again": torch.tensor([0.9, 0.1, 0.0])}
-hand = []
-for name, key in keys.items():
-    memory, usage, last_read, write = lru_write(key, memory, usage, last_read, gate=0.0)
-    hand.append((write, last_read, usage))
-    print(f"key {name:8s} writes slot {int(write.argmax())};  read weights "
-          + " ".join(f"{w:.2f}" for w in last_read) + ";  usage " + " ".join(f"{u:.2f}" for u in usage))
-
-# %% [markdown]
-# Key *a* goes to slot 0 (all slots unused, the first wins the tie), *b* to slot 1, the least used
-# after the first step. The third key, close to *a*, goes to slot 2, a fresh one since the gate is
-# shut, and is then read: the write comes first ($M_t$ in the read already holds $k_t$), so it
-# matches its own copy in slot 2 as well as *a* in slot 0, and *b* least. The weights are soft: a
-# cosine lies in $[-1, 1]$, so the best match gets at most $e^2$ times the weight of the worst. The helper
-# `mlhelpers.learners.MANN` runs the same memory batched over streams and heads (one least-used slot
-# per head); its functions agree with the few lines above:
-
-# %%
-from mlhelpers.learners import (
-    MANN,
-    accuracy_by_instance,
-    cosine_read_weights,
-    instance_numbers,
-    least_used_weights,
-    write_weights,
-)
-
-memory, usage, last_read = torch.full((1, 4, 3), 1e-6), torch.zeros(1, 4), torch.zeros(1, 1, 4)
-for (write, weights, new_usage), key in zip(hand, keys.values()):
-    w = write_weights(last_read, least_used_weights(usage, 1), torch.zeros(1, 1))
-    memory = memory * (1 - least_used_weights(usage, 1).sum(1)[..., None]) + w.transpose(1, 2) @ key[None, None]
-    last_read = cosine_read_weights(key[None, None], memory)
-    usage = 0.95 * usage + last_read.sum(1) + w.sum(1)
-    assert torch.allclose(w[0, 0], write) and torch.allclose(last_read[0, 0], weights, atol=1e-6)
-    assert torch.allclose(usage[0], new_usage, atol=1e-6)
-print("the helper's read, least-used and write weights match the hand-written memory")
-
-# %% [markdown]
-# **The helper.** `MANN(in_features, n_way, encoder=...)` is the network: encoder, controller LSTM
-# (200 units), a memory of 128 slots of width 40 with 4 read heads and $\gamma = 0.95$ (the sizes of
-# the public Theano reimplementation of the paper by Tristan Deleu). `MANN.stream(x, y)` runs the
-# paper's episode and returns the prediction at every step; `accuracy_by_instance` scores it.
-# Through the book's `MetaLearner` interface, `adapt` feeds the support set as a stream with offset
-# labels, in the order given, and returns the memory state after it; `predict` runs one more step
-# per query from that state, fed the query drawing and the last support label, each query on its
-# own copy of the state. So a query sees the support stream, never the other queries and never its
-# own label; `MANN(..., external_memory=False)` is the same network without the memory, the
-# plain LSTM of the paper's table.
-#
-# **The experiment.** Three learners read the same streams: the MANN; the LSTM without memory; and
-# this chapter's transformer in its interleaved layout, trained with the loss at every position so
-# that `prefix_predictions` gives its prediction at every step of the stream (99 tokens for 50
-# drawings). All three get the drawings as the same 64 features: the embedding of the shipped
-# plain ProtoNet of Chapter 4 (`pretrained.load("protonet-omniglot-plain")`, trained on the
-# meta-training alphabets only), frozen. That is our main departure from the paper, which learned
-# from pixels: in a first try, from pixels through the MLP encoder of section 5.4, none of the
-# three left chance on the second instance within the budget we can spend here. With the features
-# given, what is left to learn is what the section is about: holding a drawing until its label
-# comes, binding the two and finding them again. Two smaller departures, both taken from the
-# Neural Turing Machine that the MANN extends (Graves et al. 2014), are meant to make the short
-# run learn sooner; we did not test that they do: our MANN writes a vector of its own, $a_t$, where
-# Santoro et al. write the key $k_t$ (the public reimplementations do the same), and it sharpens
-# each read with a key strength $\beta_t \ge 1$ emitted by the controller,
-# $\operatorname{softmax}_i(\beta_t \cos(k_t, M_t(i)))$ (`add_vector=True, key_strength=True`).
-# They train on the same episodes (one sampler
-# seed) for the same number of steps and batch size, with Adam, and are tested on 600 episodes of
-# the meta-test alphabets.
-
-# %%
-from mlhelpers import pretrained
-from mlhelpers.embedding_cache import embed_dataset
-
-PER_CLASS, STREAM_BATCH = 10, budget(full=32, quick=8)
-STREAM_STEPS = budget(full=250, quick=4)
-N_STREAM_TEST = budget(full=600, quick=40)
-plain_embedding = pretrained.load("protonet-omniglot-plain").backbones[0]
-stream_features = embed_dataset(omniglot, plain_embedding, splits=("train", "test"))  # [N, 64, 1, 1]
-
-
-def stream_episodes(split: str, seed: int) -> TaskSampler:
-    """5 classes, 10 drawings of each in random order (the stream: the support set), 1 more of each as queries."""
-    return ShuffledSupport(EpisodicSampler(stream_features, N_WAY, PER_CLASS, 1, split, seed=seed), seed=seed + 1)
-
-
-def stream_learner(name: str) -> nn.Module:
-    if name.startswith("transformer"):
-        return InContextLearner(64, n_way=N_WAY, encoder=nn.Flatten(), d_model=64, n_layers=2, n_heads=4,
-                                max_len=2 * N_WAY * PER_CLASS + 1, loss_on_all_positions=True)
-    return MANN(64, N_WAY, encoder=nn.Flatten(), external_memory=name == "MANN", add_vector=True, key_strength=True)
-
-
-def stream_predictions(learner: nn.Module, task: Task) -> torch.Tensor:
-    """The prediction at every step of each stream: ``[tasks, 50, n_way]``."""
-    with torch.no_grad():
-        if isinstance(learner, MANN):
-            return learner.stream(task.support_x, task.support_y)
-        return learner.prefix_predictions(task)
-
-
-stream_runs = {}
-for i, name in enumerate(["MANN", "LSTM, no memory", "transformer, interleaved"]):
-    seed_everything(70 + i)
-    learner = stream_learner(name)
-    start = time.perf_counter()
-    history = meta_train(learner, stream_episodes("train", seed=400), steps=STREAM_STEPS, meta_batch_size=STREAM_BATCH,
-                         optimizer=torch.optim.Adam(learner.parameters(), lr=2e-3), grad_clip=10.0, seed=401,
-                         progress=False)
-    stream_runs[name] = (learner.eval(), history, time.perf_counter() - start)
-    print(f"{name:26s} {sum(p.numel() for p in learner.parameters()):7,} weights, {STREAM_STEPS} steps x "
-          f"{STREAM_BATCH} episodes in {stream_runs[name][2] / 60:.1f} min; last training loss "
-          f"{sum(history.train_loss[-20:]) / len(history.train_loss[-20:]):.3f}")
-
-test_streams = stream_episodes("test", seed=7400).sample(N_STREAM_TEST)
-by_instance = {name: torch.cat([accuracy_by_instance(stream_predictions(learner, test_streams[i:i + 100]),
-                                                     test_streams.support_y[i:i + 100])
-                                for i in range(0, N_STREAM_TEST, 100)])
-               for name, (learner, _, _) in stream_runs.items()}  # [episodes, 10] each
-
-# %%
-INSTANCES = [1, 2, 3, 5, 10]
-SANTORO_TABLE_1 = {"MANN (paper)": [36.4, 82.8, 91.0, 94.9, 98.1], "LSTM (paper)": [24.4, 49.5, 55.3, 63.6, 62.5]}
-rows = [[name, "Santoro et al. 2016, Table 1", *[f"{a:.1f}" for a in accs]] for name, accs in SANTORO_TABLE_1.items()]
-instance_stats = {}
-for name, acc in by_instance.items():
-    instance_stats[name] = [mean_confidence_interval(acc[:, i - 1]) for i in INSTANCES]
-    rows.append([name, f"ours, {STREAM_STEPS} x {STREAM_BATCH} episodes",
-                 *[f"{100 * m:.1f} ± {100 * c:.1f}" for m, c in instance_stats[name]]])
-display(markdown_table(["learner", "source", *[f"instance {i} (%)" for i in INSTANCES]], rows))
-print(f"Ours: meta-test alphabets, mean ± 95% CI over {N_STREAM_TEST} episodes of 5 classes x {PER_CLASS} drawings.")
-
-# %%
-fig, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
-for (name, stats), colour in zip(instance_stats.items(), ["tab:red", "tab:green", "tab:blue"]):
-    curve = [mean_confidence_interval(by_instance[name][:, i]) for i in range(PER_CLASS)]
-    ax.errorbar(range(1, PER_CLASS + 1), [100 * m for m, _ in curve], yerr=[100 * c for _, c in curve], marker="o",
-                ms=4, capsize=2, color=colour, label=f"{name} (ours)")
-for (name, accs), marker in zip(SANTORO_TABLE_1.items(), ["s", "^"]):
-    ax.plot(INSTANCES, accs, marker, ls=":", color="grey", label=name)
-ax.axhline(100 / N_WAY, color="grey", lw=1, ls="--")
-ax.set(xlabel="presentation of the class in the episode (instance)", ylabel="accuracy (%)", ylim=(0, 100),
-       xticks=range(1, PER_CLASS + 1), title="Accuracy by instance, 5 classes per episode (dashed: chance)")
-ax.legend(fontsize=8, loc="lower right")
-plt.show()
-
-# %%
-from IPython.display import Markdown
-
-later = {name: acc[:, 1:].nanmean(dim=1) for name, acc in by_instance.items()}  # instances 2-10, per episode
-later_stats = {name: mean_confidence_interval(acc) for name, acc in later.items()}
-
-
-def compare(a: str, b: str) -> str:
-    """``a`` against ``b`` on instances 2-10, paired over the same test episodes, in words and numbers."""
-    diff, ci = mean_confidence_interval(later[a] - later[b])
-    verdict = "level with" if abs(diff) <= ci else ("ahead of" if diff > 0 else "behind")
-    return f"the {a} is {verdict} the {b} ({100 * diff:+.1f} ± {100 * ci:.1f} points)"
-
-
-mann_10, paper_10 = instance_stats["MANN"][-1][0], SANTORO_TABLE_1["MANN (paper)"][-1]
-display(Markdown(
-    "On a class's 2nd to 10th presentation, averaged over those presentations per episode: "
-    + ", ".join(f"{name} {100 * m:.1f}% ± {100 * c:.1f}%" for name, (m, c) in later_stats.items())
-    + f" (chance {100 / N_WAY:.0f}%). Paired over the same {N_STREAM_TEST} test episodes, "
-    + compare("MANN", "LSTM, no memory") + " and " + compare("MANN", "transformer, interleaved")
-    + f". At the 10th presentation our MANN is right {100 * mann_10:.1f}% of the time, the paper's {paper_10:.1f}%."))
-
-# %% [markdown]
-# **What the memory holds.** Below, one test episode through the trained MANN: for each step (rows,
-# with the class shown at that step in the left strip), the write weights (left, summed over the
-# four heads) and the read weights (right, averaged over the heads) over the slots that were
-# written, in the order they were first written. A step writes the pair it has just completed: the
-# previous drawing and the label it is now shown.
-
-# %%
-mann = stream_runs["MANN"][0]
-episode = test_streams[:1]
-with torch.no_grad():
-    trace = mann.stream(episode.support_x, episode.support_y, record=True)
-writes, reads = trace.write_weights[0].sum(1), trace.read_weights[0].mean(1)  # [50, slots]
-first_write = torch.where(writes > 0.5, torch.arange(len(writes))[:, None], len(writes)).amin(0)
-used = torch.argsort(first_write)[: int((first_write < len(writes)).sum())]
-labels = episode.support_y[0]
-fig, axes = plt.subplots(1, 3, figsize=(11, 4.6), width_ratios=[0.4, 5, 5], layout="constrained")
-axes[0].imshow(labels[:, None], cmap="tab10", vmin=0, vmax=9, aspect="auto")
-axes[0].set(xticks=[], ylabel="step of the episode", title="class")
-for ax, weights, title in ((axes[1], writes, "write weights"), (axes[2], reads, "read weights")):
-    image = ax.imshow(weights[:, used], cmap="viridis", aspect="auto", interpolation="nearest")
-    ax.set(xlabel="memory slot (in order of first write)", yticks=[], title=title)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-plt.show()
-
-# The same question for all test episodes, as one number: at a class's 2nd or later presentation, how much read
-# weight lands on the slots written right after that class's earlier presentations (step s + 1 binds drawing s)?
-with torch.no_grad():
-    traces = [mann.stream(test_streams.support_x[i:i + 100], test_streams.support_y[i:i + 100], record=True)
-              for i in range(0, N_STREAM_TEST, 100)]
-own, share = [], []
-for tr, start in zip(traces, range(0, N_STREAM_TEST, 100)):
-    y = test_streams.support_y[start:start + 100]
-    w, r = tr.write_weights.sum(2), tr.read_weights.mean(2)  # [E, 50, slots]
-    binds = torch.cat([w[:, 1:], torch.zeros_like(w[:, :1])], 1)  # binds[:, s]: step s + 1's write, drawing s's label
-    same = (y[:, :, None] == y[:, None, :]) & torch.ones(50, 50, dtype=torch.bool).tril(-1)  # [E, t, s]: s < t, same class
-    slot_mass = torch.einsum("ets,esn->etn", same.float(), binds).clamp(max=1)  # slots binding earlier same-class drawings
-    later = instance_numbers(y) >= 2
-    own.append((r * slot_mass).sum(-1)[later])
-    written = torch.cumsum(w, 1).clamp(max=1)
-    share.append(((written * slot_mass).sum(-1) / written.sum(-1).clamp(min=1e-9))[later])
-own, share = torch.cat(own), torch.cat(share)
-print(f"read weight on the slots that bind earlier drawings of the same class: {100 * own.mean():.1f}% "
-      f"(they are {100 * share.mean():.1f}% of the written slots)")
-
-# %% [markdown]
-# ## 5.8 What this says about in-context learning in large language models
+# ## 5.7 What this says about in-context learning in large language models
 #
 # A large language model given a prompt such as "sea otter → loutre de mer, cheese → fromage,
 # peppermint →" continues with "menthe poivrée": it has learned a task from examples in its
@@ -1185,7 +902,7 @@ print(f"read weight on the slots that bind earlier drawings of the same class: {
 # qualitative failure modes; they do not tell us how a particular large model solves a
 # particular prompt.
 #
-# ## 5.9 Summary
+# ## 5.8 Summary
 #
 # - A meta-learner can be a sequence model: the support set becomes a sequence, the query's label
 #   the model's next output, and adaptation a forward pass. This is black-box (model-based)
@@ -1199,11 +916,6 @@ print(f"read weight on the slots that bind earlier drawings of the same class: {
 #   needs more data and compute to discover a rule.
 # - What the training data look like (burstiness, many rare classes) decides whether a transformer
 #   learns to read its context or to memorise (Chan et al. 2022).
-# - Before transformers, the black box was a recurrent network: the memory-augmented network of
-#   Santoro et al. (2016) reads a stream in which each drawing comes with the *previous* drawing's
-#   label, and an LSTM writes to an external memory by least-recently-used access and reads it by
-#   content. Every step of such a stream is a prediction, so one pass scores a learner on a class's
-#   1st, 2nd, ... presentation.
 #
 # Chapter 6 turns from learning *from* tasks to learning the *settings* of learning:
 # hyperparameters and architectures as a meta-learning problem.
@@ -1256,12 +968,6 @@ print(f"read weight on the slots that bind earlier drawings of the same class: {
 # **5. Why no learning curve for paired tokens?** `prefix_predictions` refuses a model with
 # `layout="paired"`. Why can the causal outputs of a paired sequence not be read as predictions of
 # the support labels, when those of an interleaved sequence can?
-#
-# **6. Better than chance at first sight.** The paper's MANN is right 36.4% of the time on a
-# class's first presentation, where a blind guess among five labels is right 20% of the time (see
-# also the first column of our table in section 5.7). No drawing of that class has been seen yet:
-# what can the network know? Find the best strategy that uses only the labels seen so far, compute
-# its accuracy on the first presentations of our test episodes, and compare with the table.
 #
 # ## Solutions
 #
@@ -1358,22 +1064,6 @@ if not quick_mode():
 # predicted; or the offset layout of the memory-augmented network of Santoro et al. (2016), where
 # token $i$ holds $x_i$ with the *previous* label $y_{i-1}$, so the output at token $i$ predicts
 # $y_i$ from the examples before it.)
-#
-# **6.** A class's first presentation carries a label the episode has not shown yet. A learner
-# that remembers which labels it has seen and guesses uniformly among the others is right with
-# probability $1/(5 - j)$ when $j$ labels have been seen, and each episode shows its five classes
-# for the first time with $j = 0, 1, 2, 3, 4$, in whatever order; so it scores
-# $\frac15\left(\frac15 + \frac14 + \frac13 + \frac12 + 1\right)$ on first presentations. No
-# learner can do better without knowing the drawings, and this one needs no drawing at all.
-
-# %%
-first = instance_numbers(test_streams.support_y) == 1  # [episodes, 50]
-labels_seen = first.long().cumsum(1) - first.long()  # distinct labels shown before each step
-guess_unseen = torch.where(first, 1 / (N_WAY - labels_seen).clamp(min=1), 0.0).sum(1) / first.sum(1)  # per episode
-print(f"guess among the unseen labels: {100 * guess_unseen.mean():.1f}% on first presentations "
-      f"(formula: {100 * sum(1 / (N_WAY - j) for j in range(N_WAY)) / N_WAY:.1f}%; blind guess {100 / N_WAY:.0f}%)")
-for name, stats in instance_stats.items():
-    print(f"  {name:26s} instance 1: {100 * stats[0][0]:.1f}% ± {100 * stats[0][1]:.1f}%")
 
 # %%
 print(f"Notebook ran in {(time.perf_counter() - NOTEBOOK_START) / 60:.1f} min")
