@@ -470,10 +470,11 @@ if not quick_mode():  # the claims of the text below, checked on this run
 #   label and the query with a null label. We use SNAIL's layout (`layout="paired"`): token
 #   $i$ is $[\,\mathrm{enc}(x_i) \mid \mathrm{onehot}(y_i)\,]$ and the query's token is
 #   $[\,\mathrm{enc}(x_q) \mid 0\,]$, zeros standing for the null label, so one attention step can
-#   match the query's features and copy a label. What differs from SNAIL is the network that reads
-#   the sequence: ours is a small causal transformer with learned positional embeddings, SNAIL
-#   interleaves temporal convolutions with causal attention; and we build one sequence per query,
-#   so a query sees the support set and itself, never the other queries. We expect the paired
+#   match the query's features and copy a label. Like SNAIL, we build one sequence per query (the
+#   labelled support set, then one unlabelled example), so a query sees the support set and
+#   itself, never the other queries. What differs from SNAIL is the network that reads the
+#   sequence: ours is a small causal transformer with learned positional embeddings, SNAIL
+#   interleaves temporal convolutions with causal attention. We expect the paired
 #   layout to start learning sooner on a small budget, since it needs one attention step where the
 #   interleaved one needs two; this chapter trains only the paired layout (with this MLP encoder),
 #   so it does not test this.

@@ -44,6 +44,8 @@ def test_cosine_read_weights_by_hand():
     expected = torch.tensor([e, 1.0, 1 / e]) / (e + 1 + 1 / e)
     assert torch.allclose(cosine_read_weights(key, memory)[0, 0], expected)
     assert torch.allclose(cosine_read_weights(0.1 * key, 7 * memory), cosine_read_weights(key, memory))
+    sharper = torch.tensor([e**2, 1.0, e**-2]) / (e**2 + 1 + e**-2)  # key strength 2: softmax(2 cos)
+    assert torch.allclose(cosine_read_weights(key, memory, torch.tensor([[2.0]]))[0, 0], sharper)
 
 
 def test_least_used_weights_by_hand():
@@ -94,6 +96,19 @@ def test_lru_write_goes_to_the_least_used_slot_and_replaces_it():
         slot = int(torch.sort(state.usage[0], stable=True).indices[0])
         _, state, _ = learner.step(features[:, t], state)
         assert torch.allclose(state.memory[0, slot], key[0], atol=1e-6)
+
+
+def test_add_vector_is_what_gets_written():
+    learner = small_mann(heads=1, add_vector=True, key_strength=True)
+    _forced_gate(learner, -30.0)
+    task = vector_task(tasks=1)
+    state = learner.initial_state(1)
+    state.previous_label = torch.zeros(1, 3)
+    hidden, _ = learner.lstm(torch.cat([task.support_x[:, 0], state.previous_label, state.reads], -1),
+                             (state.hidden, state.cell))
+    _, state, _ = learner.step(task.support_x[:, 0], state)
+    assert torch.allclose(state.memory[0, 0], torch.tanh(learner.add(hidden))[0], atol=1e-6)  # slot 0: all unused
+    assert not torch.allclose(state.memory[0, 0], torch.tanh(learner.key(hidden))[0], atol=1e-3)
 
 
 def test_gate_one_writes_where_the_previous_step_read():

@@ -86,10 +86,17 @@ class StreamTrace:
     """``[tasks, T, slots]``."""
 
 
-def cosine_read_weights(key: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
+def cosine_read_weights(key: Tensor, memory: Tensor, strength: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Read weights ``softmax_i cos(k_h, M(i))``: key ``[B, heads, width]``, memory ``[B, slots, width]``
-    -> ``[B, heads, slots]``, each row summing to 1. (Santoro et al. 2016, content-based read.)"""
+    -> ``[B, heads, slots]``, each row summing to 1 (Santoro et al. 2016, content-based read).
+
+    ``strength`` ``[B, heads]``: ``softmax_i(beta_h cos(k_h, M(i)))``, the key strength of the Neural
+    Turing Machine (Graves et al. 2014); a cosine lies in ``[-1, 1]``, so without it the weights over
+    many slots stay close to uniform.
+    """
     similarity = F.normalize(key, dim=-1, eps=eps) @ F.normalize(memory, dim=-1, eps=eps).transpose(1, 2)
+    if strength is not None:
+        similarity = strength[..., None] * similarity
     return similarity.softmax(dim=-1)
 
 
@@ -167,6 +174,12 @@ class MANN(MetaLearner):
         gamma: usage decay.
         external_memory: False gives the baseline of the paper's table, an LSTM fed the same
             offset-label stream with no external memory.
+        add_vector: write a separate vector ``a_t = tanh(W_a h_t)`` instead of the key ``k_t``
+            (``M_t(i) = M_{t-1}(i) + w^w_t(i) a_t``), as the Neural Turing Machine and the public
+            reimplementations of the MANN do; Santoro et al. write the key itself.
+        key_strength: the controller also emits a key strength ``beta = 1 + softplus(.)`` per head
+            and reads with ``softmax(beta cos)`` (as the Neural Turing Machine; not in Santoro et al.,
+            whose reads are ``softmax(cos)``).
         loss_on_all_positions: :meth:`meta_loss` scores the prediction at every support step too
             (the paper trains on every step), averaged with the query losses.
     """
@@ -185,6 +198,8 @@ class MANN(MetaLearner):
         heads: int = 4,
         gamma: float = 0.95,
         external_memory: bool = True,
+        add_vector: bool = False,
+        key_strength: bool = False,
         loss_on_all_positions: bool = True,
     ) -> None:
         super().__init__()
@@ -202,12 +217,18 @@ class MANN(MetaLearner):
             raise ValueError(f"gamma must be a usage decay in [0, 1], got {gamma!r}")
         self.gamma = gamma
         self.loss_on_all_positions = check_bool("loss_on_all_positions", loss_on_all_positions)
+        self.key_strength = check_bool("key_strength", key_strength) and self.external_memory
+        self.add_vector = check_bool("add_vector", add_vector) and self.external_memory
         self.encoder = encoder if encoder is not None else nn.Identity()
         reads = self.heads * self.width
         self.lstm = nn.LSTMCell(in_features + n_way + reads, controller)
         if external_memory:
             self.key = nn.Linear(controller, reads)
             self.gate = nn.Linear(controller, self.heads)
+            if self.key_strength:
+                self.strength = nn.Linear(controller, self.heads)
+            if self.add_vector:
+                self.add = nn.Linear(controller, reads)
         self.out = nn.Linear(controller + reads, n_way)
 
     # --- the memory, one step at a time -----------------------------------------------------
@@ -240,8 +261,10 @@ class MANN(MetaLearner):
         least_used = least_used_weights(state.usage, self.heads)  # from w^u_{t-1}
         write = write_weights(state.read_weights, least_used, gate)
         erase = least_used.sum(dim=1).clamp(max=1)[..., None]  # [B, slots, 1]: the least-used slots
-        memory = state.memory * (1 - erase) + write.transpose(1, 2) @ key  # [B, slots, width]
-        read = cosine_read_weights(key, memory)
+        content = torch.tanh(self.add(hidden)).unflatten(-1, (self.heads, self.width)) if self.add_vector else key
+        memory = state.memory * (1 - erase) + write.transpose(1, 2) @ content  # [B, slots, width]
+        strength = 1 + F.softplus(self.strength(hidden)) if self.key_strength else None  # [B, heads]
+        read = cosine_read_weights(key, memory, strength)
         reads = (read @ memory).flatten(1)  # [B, heads * width]
         usage = update_usage(state.usage, read, write, self.gamma)
         new = MemoryState(memory, usage, read, reads, hidden, cell, state.previous_label)
