@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -64,16 +63,6 @@ LEARNERS = {
     "protonet": "ProtoNet, 5-way 5-shot",
 }
 
-
-def cpu_model() -> str:
-    """'model name' in /proc/cpuinfo on Linux (platform.processor() is empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --- the worker: one configuration, in this process or as one torchrun rank -------------------------
@@ -198,6 +187,8 @@ def main() -> None:
     learners = args.learners.split(",")
     if set(learners) - set(LEARNERS):
         parser.error(f"unknown learners {sorted(set(learners) - set(LEARNERS))}; choose from {', '.join(LEARNERS)}")
+
+    from mlhelpers.stepcost import cpu_model
 
     cpu = cpu_model()
     peak = float(subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True).stdout)

@@ -306,8 +306,12 @@ def main() -> None:
 
     skipped = ensure_peers(install=not args.no_install)
     impls = [i for i in requested if i not in skipped]
+    from mlhelpers.stepcost import cpu_model
+
+    cpu = cpu_model()
     peak = float(subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True).stdout)
-    print(f"measured arithmetic peak: {peak / 1e9:.0f} GFLOP/s (float32 2048x2048 matmul)", flush=True)
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; measured arithmetic peak: {peak / 1e9:.0f} GFLOP/s "
+          "(float32 2048x2048 matmul)", flush=True)
 
     load_before = os.getloadavg()[0]
     results = {}
@@ -351,7 +355,8 @@ def main() -> None:
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(row) + " |" for row in rows])
     threads = results[settings[0], "ours-loop"]["threads"]
-    notes = [f"{args.tasks} tasks of 5-way 1-shot, 15 queries per class, conv4 with 64 channels; "
+    notes = [f"CPU: {cpu}, {os.cpu_count()} cores, measured arithmetic peak {peak / 1e9:.0f} GFLOP/s.",
+             f"{args.tasks} tasks of 5-way 1-shot, 15 queries per class, conv4 with 64 channels; "
              f"{args.repeats} timed meta-steps after a warm-up, {threads} threads "
              f"(PyTorch's default on this {os.cpu_count()}-core machine) except the one-thread loop; "
              f"torch {torch_version()}; run at {priority}; load average {load_before:.1f} before and "
@@ -369,7 +374,7 @@ def main() -> None:
     print("\n" + text)
     Path(args.out + ".md").write_text(text)
     Path(args.out + ".json").write_text(json.dumps(
-        {"peak_flops": peak, "tasks": args.tasks, "repeats": args.repeats, "skipped": skipped,
+        {"cpu": cpu, "peak_flops": peak, "tasks": args.tasks, "repeats": args.repeats, "skipped": skipped,
          "results": [{"setting": s, "implementation": i, **results[s, i]} for s, i in results]}, indent=1))
     print(f"wrote {args.out}.md and {args.out}.json")
 

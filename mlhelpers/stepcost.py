@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,19 @@ import torch
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.tasks import Task
 
-__all__ = ["StepCost", "measure_meta_step"]
+__all__ = ["StepCost", "cpu_model", "measure_meta_step"]
+
+def cpu_model() -> str:
+    """The CPU's name, to print beside every timing: 'model name' in /proc/cpuinfo on Linux
+    (``platform.processor()`` is empty there), else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
 
 MMAP_THRESHOLD = 65536
 """Bytes from which ``malloc`` maps (and, when freed, unmaps) a block: freed memory leaves the process."""

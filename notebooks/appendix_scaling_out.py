@@ -45,7 +45,6 @@ if "google.colab" in sys.modules:
 # %%
 import json
 import os
-import platform
 import subprocess
 import tempfile
 import textwrap
@@ -61,22 +60,11 @@ from mlhelpers.diagrams import arrow, box, canvas
 from mlhelpers.learners import MAML
 from mlhelpers.models import mlp
 from mlhelpers.samplers.regression import SinusoidTasks
+from mlhelpers.stepcost import cpu_model
 from mlhelpers.tasks import Task
 
 torch.set_num_threads(1)
 REPO = Path(mlhelpers.__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    """The CPU's name: 'model name' in /proc/cpuinfo on Linux (platform.processor() is empty there)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 print(f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; "
       f"CUDA {'available' if torch.cuda.is_available() else 'not available'}; quick mode {quick_mode()}")

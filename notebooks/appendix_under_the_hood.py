@@ -58,20 +58,7 @@ from mlhelpers.display import markdown_table
 from mlhelpers.learners import MAML
 from mlhelpers.models import conv4
 from mlhelpers.samplers.episodic import EpisodicSampler
-from mlhelpers.stepcost import measure_meta_step
-
-
-def cpu_model() -> str:
-    """The CPU's name: 'model name' in /proc/cpuinfo on Linux (platform.processor() is empty there)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
+from mlhelpers.stepcost import cpu_model, measure_meta_step
 
 torch.set_num_threads(1)
 print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores; load average (1 min) {os.getloadavg()[0]:.1f}")

@@ -13,29 +13,14 @@ if command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/in
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    say "PostgreSQL is missing and this is not a Debian/Ubuntu system: install its server with your"
-    say "package manager; tests/test_hpo_postgres.py skips without it."
-    exit 0
-fi
-
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-        SUDO=(sudo -n)
-    else
-        say "PostgreSQL is missing; install it with:  sudo apt-get install -y postgresql"
-        say "(tests/test_hpo_postgres.py skips without it)"
-        exit 0
-    fi
-fi
-
-say "installing Debian's postgresql (apt-get install -y postgresql)"
 start=$SECONDS
-export DEBIAN_FRONTEND=noninteractive
-if ! "${SUDO[@]}" apt-get install -y -q postgresql >/dev/null; then
-    "${SUDO[@]}" apt-get update -q >/dev/null
-    "${SUDO[@]}" apt-get install -y -q postgresql >/dev/null
+status=0
+"$(dirname "${BASH_SOURCE[0]}")/apt-install.sh" postgres postgresql || status=$?
+if [ "$status" -eq 2 ]; then
+    say "tests/test_hpo_postgres.py skips without it"
+    exit 0
+elif [ "$status" -ne 0 ]; then
+    exit "$status"
 fi
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || { say "apt-get finished but there is no initdb"; exit 1; }
 say "installed $(ls -d /usr/lib/postgresql/*/ | head -1) in $((SECONDS - start)) s"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from mlhelpers.learners import MAML
 from mlhelpers.models import mlp
 from mlhelpers.samplers.regression import SinusoidTasks
-from mlhelpers.stepcost import StepCost, measure_meta_step
+from mlhelpers.stepcost import StepCost, cpu_model, measure_meta_step
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 
@@ -47,3 +49,11 @@ def test_bad_arguments_are_named():
         measure_meta_step(mlp(1, 1), _batches(q_query=10))
     with pytest.raises(ValueError, match="threads"):
         measure_meta_step(learner, _batches(q_query=10), threads=0)
+
+
+def test_cpu_model_is_the_name_proc_cpuinfo_gives():
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    expected = names[0] if names else (platform.processor() or platform.machine())
+    assert cpu_model() == expected and cpu_model()

@@ -17,8 +17,8 @@ from mlhelpers.learners.base import MetaLearner
 from mlhelpers.validation import check_bool, check_labels, check_module, check_positive
 
 
-def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
-    """``[tasks, n_support]`` integer labels -> ``[tasks, n_support, n_way]`` float one-hot.
+def support_one_hot(support_y: Tensor, n_way: int | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[tasks, n_support]`` integer labels -> ``[tasks, n_support, n_way]`` one-hot of ``dtype``.
 
     ``n_way`` None reads it from the labels (``max + 1``). The labels are checked by
     :func:`~mlhelpers.validation.check_labels` (a TypeError for a non-integer dtype, a ValueError
@@ -31,7 +31,7 @@ def support_one_hot(support_y: Tensor, n_way: int | None = None) -> Tensor:
     if n_way is None:
         n_way = int(support_y.max()) + 1
     check_labels("support_y", support_y, n_way)
-    one_hot = F.one_hot(support_y.long(), n_way).float()  # [T, S, N]
+    one_hot = F.one_hot(support_y.long(), n_way).to(dtype)  # [T, S, N]
     counts = one_hot.sum(dim=1)  # [T, N]
     if (counts == 0).any():
         task, cls = (int(i) for i in torch.nonzero(counts == 0)[0])

@@ -16,7 +16,6 @@ the paper's fo-Proto-MAML).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import task_loss
@@ -27,9 +26,8 @@ from mlhelpers.learners.functional import (
     sgd_steps,
     with_plain_norms,
 )
-from mlhelpers.learners.maml import GradientLearner
-from mlhelpers.learners.protonet import class_counts
-from mlhelpers.validation import check_labels, check_positive
+from mlhelpers.learners.maml import MAML
+from mlhelpers.learners.matching import support_one_hot
 
 HEAD_WEIGHT, HEAD_BIAS = "proto_head.weight", "proto_head.bias"
 """Keys of the task's linear head ``[n_way, D]``, ``[n_way]`` in Proto-MAML's fast weights."""
@@ -45,7 +43,7 @@ def prototype_head(embeddings: Tensor, one_hot: Tensor) -> tuple[Tensor, Tensor]
     return 2 * prototypes, -prototypes.pow(2).sum(-1)
 
 
-class ProtoMAML(GradientLearner):
+class ProtoMAML(MAML):
     """MAML with a prototype-initialised output layer, fine-tuned in the inner loop with the embedding.
 
     Args:
@@ -69,9 +67,7 @@ class ProtoMAML(GradientLearner):
         eval_inner_steps: int | None = None,
         strategy: str = "auto",
     ) -> None:
-        super().__init__(model, inner_steps=inner_steps, first_order=first_order,
-                         eval_inner_steps=eval_inner_steps, strategy=strategy)
-        self.inner_lr = check_positive("inner_lr", inner_lr)
+        super().__init__(model, inner_lr, inner_steps, first_order, eval_inner_steps, strategy)
         clash = {HEAD_WEIGHT, HEAD_BIAS} & {n for n, _ in model.named_parameters()}
         if clash:
             raise ValueError(f"model has parameters named {sorted(clash)}, which ProtoMAML uses for its head")
@@ -89,13 +85,7 @@ class ProtoMAML(GradientLearner):
         self, support_x: Tensor, support_y: Tensor, *, steps: int, create_graph: bool, track: bool
     ) -> Params:
         """Per task: the head from the prototypes of the initial embedding, then ``steps`` SGD steps
-        on embedding and head together. Arguments as in :meth:`GradientLearner.inner_loop`."""
-        check_labels("support_y", support_y)
-        n_way = int(support_y.max()) + 1
-        counts = class_counts(support_y, n_way)
-        if (counts == 0).any():
-            raise ValueError(f"support_y: every class 0..{n_way - 1} needs at least one support example; "
-                             f"per-class counts were {counts.long().tolist()}")
+        on embedding and head together. Arguments as in :meth:`~mlhelpers.learners.maml.GradientLearner.inner_loop`."""
         vectorise = self.resolved_strategy(support_x.device) == "vmap"
         params = dict(self.model.named_parameters())
         theta = {n: params[n] if track else params[n].detach() for n in self.adapt_names()}
@@ -103,7 +93,8 @@ class ProtoMAML(GradientLearner):
         # Norms as plain tensor ops for second order: torch.func.grad below, like vmap, needs them.
         runner = with_plain_norms(self) if create_graph else self
         dtype = next(iter(params.values())).dtype if params else support_x.dtype
-        one_hot = F.one_hot(support_y.long(), n_way).to(dtype)  # outside vmap: one_hot has no batching rule
+        # outside vmap (one_hot has no batching rule); checks the labels and that every class has an example
+        one_hot = support_one_hot(support_y, dtype=dtype)
 
         def one_task(sx: Tensor, sy: Tensor, labels: Tensor) -> Params:
             weight, bias = prototype_head(runner.embed(theta, sx), labels)
@@ -136,6 +127,3 @@ class ProtoMAML(GradientLearner):
             )
         vectorise = self.resolved_strategy(query_x.device) == "vmap"
         return map_tasks(self.forward_adapted, (dict(adapted), query_x), vectorise=vectorise)
-
-    def extra_repr(self) -> str:
-        return f"inner_lr={self.inner_lr}, " + super().extra_repr()

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import MetaLearner
+from mlhelpers.learners.matching import support_one_hot
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_labels, check_module, check_steps
+from mlhelpers.validation import check_module, check_steps
 
 
 def class_counts(labels: Tensor, n_way: int) -> Tensor:
@@ -30,14 +31,7 @@ def class_sums(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
     TypeError names non-integer labels; a ValueError gives the per-class counts if a class
     0..n_way-1 has no example.
     """
-    check_labels("labels", labels)
-    one_hot = torch.nn.functional.one_hot(labels.long(), n_way).to(embeddings.dtype)  # [T, S, N]
-    counts = one_hot.sum(1)  # [T, N]
-    if (counts == 0).any():
-        raise ValueError(
-            f"support_y: every class 0..{n_way - 1} needs at least one support example; "
-            f"per-class counts were {counts.tolist()}"
-        )
+    one_hot = support_one_hot(labels, n_way, embeddings.dtype)  # [T, S, N]
     return torch.einsum("tsn,...tsd->...tnd", one_hot, embeddings)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from mlhelpers.config import module_device
 from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.base import MetaLearner
-from mlhelpers.learners.protonet import class_counts
+from mlhelpers.learners.matching import support_one_hot
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_labels, check_module
 
@@ -94,14 +94,9 @@ class SiameseNet(MetaLearner):
         return self.pair_logits(self.backbone(x1), self.backbone(x2))
 
     def _adapt(self, support_x: Tensor, support_y: Tensor) -> SiameseState:
-        check_labels("support_y", support_y)
-        n_way = int(support_y.max()) + 1
-        counts = class_counts(support_y, n_way)
-        if (counts == 0).any():
-            raise ValueError(f"support_y: every class 0..{n_way - 1} needs at least one support example; "
-                             f"per-class counts were {counts.long().tolist()}")
+        one_hot = support_one_hot(support_y)  # checks the labels and that every class has an example
         support = self.embed(support_x)
-        return SiameseState(support, F.one_hot(support_y.long(), n_way).to(support.dtype))
+        return SiameseState(support, one_hot.to(support.dtype))
 
     def _predict(self, adapted: SiameseState, query_x: Tensor) -> Tensor:
         queries = self.embed(query_x)  # [T, Q, D]

@@ -27,13 +27,14 @@ from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int, describe
 
 
-class DriftingSinusoidTasks(TaskSampler):
+class DriftingSinusoidTasks(SinusoidTasks):
     """Sine waves ``A sin(x - phi)`` whose phase window drifts from ``phase_start`` to ``phase_end``.
 
     At position ``p`` in ``[0, 1]`` the phase is uniform on ``(1 - p) * phase_start + p * phase_end``
-    (both ends of the window move together); amplitude and inputs are drawn as in
-    :class:`~mlhelpers.samplers.regression.SinusoidTasks`. By default the window moves from ``[0, pi/2]``
-    to ``[pi, 3 pi/2]``: the last tasks are the first ones upside down, and every position is equally hard.
+    (both ends of the window move together); amplitude and inputs are drawn as in its base class,
+    :class:`~mlhelpers.samplers.regression.SinusoidTasks` (whose ``phase`` is here the hull of every
+    window). By default the window moves from ``[0, pi/2]`` to ``[pi, 3 pi/2]``: the last tasks are the
+    first ones upside down, and every position is equally hard.
 
     ``rounds=R`` (a stream): the ``r``-th call of :meth:`sample` (from 0) draws all its tasks at position
     ``start + (end - start) * min(r / (R - 1), 1)``; after ``R`` rounds the stream stays at ``end``.
@@ -57,17 +58,16 @@ class DriftingSinusoidTasks(TaskSampler):
         seed: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        super().__init__(seed, device)
-        self.k_shot = check_positive_int("k_shot", k_shot)
-        self.q_query = check_positive_int("q_query", q_query)
+        phase_start = _check_range("phase_start", phase_start)
+        phase_end = _check_range("phase_end", phase_end)
+        # `phase`: every phase the stream can draw (the window's hull over the drift).
+        phase = (min(phase_start[0], phase_end[0]), max(phase_start[1], phase_end[1]))
+        super().__init__(k_shot, q_query, amplitude=amplitude, phase=phase, x_range=x_range, seed=seed, device=device)
+        self.phase_start, self.phase_end = phase_start, phase_end
         self.rounds = None if rounds is None else check_positive_int("rounds", rounds)
         self.start, self.end = _check_range("(start, end)", (start, end))
         if not 0.0 <= self.start <= self.end <= 1.0:
             raise ValueError(f"start and end must satisfy 0 <= start <= end <= 1, got start={start}, end={end}")
-        self.phase_start = _check_range("phase_start", phase_start)
-        self.phase_end = _check_range("phase_end", phase_end)
-        self.amplitude = _check_range("amplitude", amplitude)
-        self.x_range = _check_range("x_range", x_range)
         self._round = 0
 
     @property
@@ -110,7 +110,7 @@ class DriftingSinusoidTasks(TaskSampler):
         low, high = self.phase_window(position)
         phase = low + (high - low) * torch.rand(num_tasks, generator=g)
         x = _uniform((num_tasks, self.k_shot + self.q_query, 1), self.x_range, g)
-        y = SinusoidTasks.function(x, amplitude, phase)
+        y = self.function(x, amplitude, phase)
         return split_support_query(x, y, self.k_shot, {"amplitude": amplitude, "phase": phase, "position": position})
 
     def state_dict(self) -> dict[str, Tensor]:
