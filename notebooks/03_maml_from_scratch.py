@@ -724,7 +724,8 @@ c5 = {name: cost[5, name] for name in LEARNERS}
 if not quick_mode():  # the claims of the paragraph below, checked on this run's measurements
     assert all(abs(cost[n, "ANIL"].cpu_seconds / cost[n, "FOMAML"].cpu_seconds - 1) < 0.35 for n in (5, 20)), "ANIL ~ FOMAML in time"
     assert all(cost[n, "ANIL"].peak_mb > cost[n, "FOMAML"].peak_mb for n in (5, 20)), "ANIL keeps more memory than FOMAML"
-    assert all(cost[n, "Reptile"].peak_mb < 0.25 * cost[n, "FOMAML"].peak_mb for n in (5, 20)), "Reptile's memory is small"
+    assert all(cost[n, "Reptile"].peak_mb < min(cost[n, k].peak_mb for k in LEARNERS if k != "Reptile")
+               for n in (5, 20)), "Reptile keeps the least memory"
     assert all(cost[n, "Reptile"].cpu_seconds < 1.25 * cost[n, "FOMAML"].cpu_seconds for n in (5, 20)), "Reptile ~ FOMAML in time"
     assert all(so_time[n] > 1.2 and so_memory[n] > 1.1 for n in (5, 20)), "second order costs more"
 display(Markdown(
@@ -738,6 +739,9 @@ display(Markdown(
     f"Reptile is the frugal one: its meta-gradient needs no graph at all, only the adapted weights, so a step "
     f"adds only {c5['Reptile'].peak_mb:.0f} MB, and its three inner steps on one support image per class cost "
     f"no more time ({c5['Reptile'].cpu_seconds:.2f} s) than FOMAML's single step on support and query. "
+    "All of these are the memory of *one task's* meta-gradient: the helper's default loop takes each task's "
+    "gradient as soon as its query loss is known and frees that task's graph, as a hand-written per-task loop "
+    "does, so the memory does not grow with the meta-batch. "
     "(CPU times move with the load of the shared machine, wall-clock times far more; the ratios are the "
     "robust part.)"))
 

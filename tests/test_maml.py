@@ -4,6 +4,7 @@ loop against vmap and threads (with and without batch norm), and the behaviour t
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -467,3 +468,42 @@ def test_bad_arguments_name_themselves():
         learner.predict(fast, task.query_x[:1])
     with pytest.raises(ValueError, match="support_x and support_y"):
         learner.adapt(task.support_x, task.support_y[:1])
+
+
+def saved_tensor_bytes_alive(learner: MAML, task, loss_fn) -> int:
+    """Bytes of the tensors autograd saved during ``loss_fn(task)`` that are still alive after it
+    returns (parameters and the task's own tensors left out): the graph the loss still holds."""
+    refs = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        refs.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn(task)
+    keep = {id(t) for t in (*learner.parameters(), task.support_x, task.query_x, task.support_y, task.query_y)}
+    alive = {id(t): t for t in (r() for r in refs) if t is not None and id(t) not in keep}
+    del loss
+    return sum(t.numel() * t.element_size() for t in alive.values())
+
+
+def test_loop_meta_loss_frees_each_tasks_graph():
+    """The default strategy holds no task's graph once meta_loss returns (each task's gradient was
+    taken at once), as a hand-written per-task loop; the batched meta-loss holds every task's."""
+    model, task = small_conv("task"), image_tasks(num_tasks=6)
+    learner = MAML(model, inner_lr=0.1, strategy="loop")
+    batched = saved_tensor_bytes_alive(learner, task, learner.batch_meta_loss)
+    default = saved_tensor_bytes_alive(learner, task, learner.meta_loss)
+    assert batched > 0
+    assert default < 0.05 * batched, (default, batched)
+
+
+def test_a_second_differentiation_of_a_loop_meta_loss_is_refused():
+    learner = MAML(tiny_mlp(), inner_lr=0.1, strategy="loop")
+    loss = learner.meta_loss(sine_tasks(num_tasks=3))
+    with pytest.raises(RuntimeError, match="strategy='vmap'"):
+        torch.autograd.grad(loss, list(learner.parameters()), create_graph=True)
+    vmap = MAML(tiny_mlp(), inner_lr=0.1, strategy="vmap")  # keeps the graph: a Hessian-vector product works
+    (g,) = torch.autograd.grad(vmap.meta_loss(sine_tasks(num_tasks=3)), [vmap.model[0].weight], create_graph=True)
+    (hv,) = torch.autograd.grad(g.sum(), [vmap.model[0].weight])
+    assert hv.abs().sum() > 0

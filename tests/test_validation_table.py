@@ -119,6 +119,11 @@ def regression_task(tasks: int = 2, k: int = 4, q: int = 3) -> Task:
     return SinusoidTasks(k, q, seed=0).sample(tasks)
 
 
+def _meta_loss_twice() -> None:
+    learner = MAML(mlp(1, 1, hidden=(8,)), strategy="loop")
+    torch.autograd.grad(learner.meta_loss(regression_task()), list(learner.parameters()), create_graph=True)
+
+
 def _small_conv(out_features: int | None = None) -> nn.Module:
     return conv4(hidden_channels=4, num_blocks=2, norm="none", out_features=out_features, image_size=8)
 
@@ -445,6 +450,7 @@ TRIGGERS: dict[str, Callable] = {
         lambda learner, shape: learner.predict(None, image_task(x_shape=shape).query_x.to("meta"))),
     "regression-targets-finite": lambda: MAML(mlp(1, 1, hidden=(8,)), strategy="loop").meta_loss(
         replace(t := regression_task(), support_y=with_nan(t.support_y))),
+    "meta-loss-twice": _meta_loss_twice,
     "learner-missing-class": lambda: ProtoNet(nn.Flatten()).adapt(torch.rand(1, 3, 4), torch.tensor([[0, 2, 2]])),
     "learner-backbone": lambda: ProtoNet("conv4"),
     "protonet-transductive": lambda: ProtoNet(nn.Flatten(), transductive_steps=-1),

@@ -11,10 +11,12 @@ statistics (:func:`~mlhelpers.learners.functional.check_no_running_stats`) and s
 ``inner_steps`` steps and keeps the inner gradients' graph unless ``first_order``; in eval mode it
 takes ``eval_inner_steps`` steps with the inner gradients as constants.
 
-``strategy`` batches over tasks, all with the same meta-gradient: ``"loop"`` (task after task),
-``"threads"`` (tasks over worker threads, :mod:`~mlhelpers.learners.parallel`), ``"vmap"``
-(``torch.func.vmap``; second order runs the norms as plain tensor operations,
-:func:`~mlhelpers.learners.functional.with_plain_norms`) or ``"auto"`` (loop on the CPU, vmap elsewhere).
+``strategy`` batches over tasks, all with the same meta-gradient: ``"loop"`` (task after task, each
+task's graph freed once its meta-gradient is taken), ``"threads"`` (the same over worker threads,
+:mod:`~mlhelpers.learners.parallel`), ``"vmap"`` (``torch.func.vmap``; the whole batch's
+graph is kept, so the meta-loss can be differentiated again; second order runs the norms as plain
+tensor operations, :func:`~mlhelpers.learners.functional.with_plain_norms`) or ``"auto"`` (loop on
+the CPU, vmap elsewhere).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from mlhelpers.learners.functional import (
     sgd_steps,
     with_plain_norms,
 )
-from mlhelpers.learners.parallel import threaded_forward, threaded_meta_loss
+from mlhelpers.learners.parallel import per_task_meta_loss, threaded_forward
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_bool, check_module, check_positive, check_positive_int, check_steps
 
@@ -110,10 +112,14 @@ class GradientLearner(MetaLearner):
         return super()._forward(task)
 
     def _meta_loss(self, task: Task) -> Tensor:
-        """With ``strategy="threads"`` and autograd on, the tasks' meta-gradients are computed in
-        worker threads; ``backward()`` on the result delivers their mean (the same gradient)."""
-        if self._threaded(task) and torch.is_grad_enabled():
-            return threaded_meta_loss(self, task, workers=torch.get_num_threads())
+        """With ``"loop"`` or ``"threads"`` and autograd on, each task's meta-gradient is computed at
+        once and its graph freed (task after task, or in worker threads): memory holds one task's
+        graph per worker, as a hand-written per-task loop. ``backward()`` on the result delivers the
+        same meta-gradient; a second differentiation (``create_graph=True``) needs ``"vmap"``."""
+        strategy = self.resolved_strategy(task.device)
+        if len(task) > 1 and torch.is_grad_enabled() and strategy in ("loop", "threads"):
+            workers = torch.get_num_threads() if strategy == "threads" else 1
+            return per_task_meta_loss(self, task, workers=workers)
         return self.batch_meta_loss(task)
 
     def batch_meta_loss(self, task: Task) -> Tensor:

@@ -1,13 +1,15 @@
-"""Tasks in parallel threads: how the gradient-based learners use several CPU cores (Chapter 3).
+"""Tasks one at a time or in parallel threads: how the gradient-based learners keep memory small
+and use several CPU cores (Chapter 3).
 
 Few-shot operations are small, so splitting each one across cores (PyTorch's intra-op parallelism)
 spends much time waiting, more so on a shared machine. The ``"threads"`` strategy runs whole tasks
 in ``workers`` Python threads of one intra-op thread each (kernels release the GIL); the appendix
 "Under the hood" and ``bench/meta_step.py`` measure both.
 
-- :func:`threaded_meta_loss`: each task's meta-loss and its gradient are computed in a worker and
-  its graph freed at once; ``backward()`` on the returned mean delivers the mean gradient (the
-  same meta-gradient, with the memory of ``workers`` tasks).
+- :func:`per_task_meta_loss`: each task's meta-loss and its gradient are computed (in a worker,
+  or in the calling thread with ``workers=1``) and its graph freed at once; ``backward()`` on the
+  returned mean delivers the mean gradient (the same meta-gradient, with the memory of
+  ``workers`` tasks). The ``"loop"`` and ``"threads"`` strategies of the gradient learners use it.
 - :func:`threaded_forward`: outputs ``[tasks, n_query, out]`` computed task by task in workers.
 
 Every worker runs its own :func:`~mlhelpers.learners.functional.shallow_replica` of the learner
@@ -75,16 +77,25 @@ class _PrecomputedGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
+        if torch.is_grad_enabled():  # backward(create_graph=True): the result would silently lack a term
+            raise RuntimeError(
+                "this meta-loss's gradient was computed task by task (strategy 'loop' or 'threads') and "
+                "cannot be differentiated again (create_graph=True): build the learner with strategy='vmap', "
+                "whose meta-loss keeps its whole graph"
+            )
         return (None, None, *(grad_output * g for g in ctx.grads))
 
 
-def threaded_meta_loss(learner: MetaLearner, task: Task, workers: int) -> Tensor:
-    """Mean over tasks of ``learner._meta_loss(task[i:i+1])``, gradients computed task by task in threads.
+def per_task_meta_loss(learner: MetaLearner, task: Task, workers: int) -> Tensor:
+    """Mean over tasks of ``learner._meta_loss(task[i:i+1])``, each task's gradient taken at once.
 
-    Returns a scalar whose ``backward()`` accumulates into the parameters' ``.grad`` the mean
-    of the per-task gradients (which equals the gradient of the batched meta-loss when every task
-    has the same number of query points). The learner's ``_meta_loss`` on one task must not call
-    this function again (the learners dispatch here only for batches of more than one task).
+    Each task's graph is freed as soon as its gradient is computed, so memory holds ``workers``
+    tasks, not the batch. ``workers=1``: task after task in the calling thread; more: in that many
+    worker threads (:func:`map_tasks_in_threads`). Returns a scalar whose ``backward()`` accumulates
+    into the parameters' ``.grad`` the mean of the per-task gradients (which equals the gradient of
+    the batched meta-loss: every task of a batch has the same number of query points); it cannot be
+    differentiated twice. The learner's ``_meta_loss`` on one task must not call this function again
+    (the learners dispatch here only for batches of more than one task).
     """
     params = [p for p in learner.parameters() if p.requires_grad]
 
@@ -92,7 +103,11 @@ def threaded_meta_loss(learner: MetaLearner, task: Task, workers: int) -> Tensor
         loss = replica._meta_loss(single)  # the batch was checked by the caller's meta_loss
         return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
-    results = map_tasks_in_threads(one_task, learner, task, workers)
+    check_positive_int("workers", workers)
+    if workers == 1:
+        results = [one_task(learner, task[i : i + 1]) for i in range(len(task))]
+    else:
+        results = map_tasks_in_threads(one_task, learner, task, workers)
     value = torch.stack([loss for loss, _ in results]).mean()
     grads = []
     for j, p in enumerate(params):
