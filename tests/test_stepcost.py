@@ -24,14 +24,15 @@ def _batches(q_query: int, tasks: int = 4, count: int = 2):
 
 @pytest.mark.slow
 def test_memory_grows_with_the_activations_a_step_keeps():
-    # one hidden layer of 1000 units: 4 tasks x 5000 query points keep ~80 MB per saved activation
+    # one hidden layer of 1000 units: a task of 5000 query points keeps ~20 MB per saved activation
+    # (the default loop frees each task's graph once its gradient is taken: one task's at a time)
     learner = MAML(mlp(1, 1, hidden=(1000,)), inner_lr=0.01)
     small = measure_meta_step(learner, _batches(q_query=10))
     large = measure_meta_step(learner, _batches(q_query=5000))
     assert isinstance(small, StepCost)
     assert small.cpu_seconds > 0 and small.wall_seconds > 0
     assert small.peak_mb < 30
-    assert large.peak_mb > small.peak_mb + 100
+    assert large.peak_mb > small.peak_mb + 40
 
 
 def test_the_learner_is_not_changed():
