@@ -23,6 +23,7 @@ from torch import nn
 
 from conftest import make_dataset
 from mlhelpers import distributed, pretrained, recipe
+from mlhelpers import learners as learners_module
 from mlhelpers.checkpoint import (
     CheckpointInUseError,
     CorruptCheckpointError,
@@ -45,6 +46,7 @@ from mlhelpers.learners import (
     CAVIA,
     MAML,
     MANN,
+    EnsembleProtoNet,
     FiLM,
     FiLMLearner,
     InContextLearner,
@@ -160,8 +162,13 @@ LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "SiameseNet": (lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)), (1, 8, 8)),
     "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
     "MANN": (lambda: MANN(16, 3, encoder=_small_conv(16), controller=8, slots=6, width=4, heads=2), (1, 8, 8)),
+    "EnsembleProtoNet": (lambda: EnsembleProtoNet([_small_conv(), _small_conv()], tta_shift=1), (1, 8, 8)),
 }
-"""Every learner of the package, with the input shape of one example it takes."""
+"""Every learner of the package, with the input shape of one example it takes
+(``test_learners_cover_every_learner_the_package_exports`` keeps it complete)."""
+
+LEARNER_BASES = ("MetaLearner", "GradientLearner")
+"""Exported base classes: every other MetaLearner that mlhelpers.learners exports is in :data:`LEARNERS`."""
 
 
 def per_learner(fn: Callable[[MetaLearner, tuple[int, ...]], object]) -> Callable[[], object]:
@@ -628,11 +635,20 @@ def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Call
 
 def test_learners_leave_the_checked_methods_to_the_base_class():
     """Learners write the hooks (``_adapt``, ...), so the public methods always check their inputs."""
-    classes = [type(make()) for make, _ in LEARNERS.values()] + [pretrained.EnsembleProtoNet]
+    classes = [type(make()) for make, _ in LEARNERS.values()]
     for cls in classes:
         for klass in cls.__mro__[: cls.__mro__.index(MetaLearner)]:
             overridden = {"adapt", "predict", "forward", "meta_loss"} & set(vars(klass))
             assert not overridden, f"{klass.__name__} overrides {sorted(overridden)}: write the hook instead"
+
+
+def test_learners_cover_every_learner_the_package_exports():
+    """The per-learner rows, the property test (test_malformed_tasks.py) and the thread-safety test
+    (test_thread_safety.py) run on LEARNERS: a learner missing from it would go unchecked."""
+    exported = {name for name in learners_module.__all__
+                if isinstance(obj := getattr(learners_module, name), type) and issubclass(obj, MetaLearner)}
+    assert sorted(exported - set(LEARNER_BASES)) == sorted(LEARNERS)
+    assert all(type(make()).__name__ == name for name, (make, _) in LEARNERS.items())
 
 
 def test_table_and_triggers_match():
