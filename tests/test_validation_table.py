@@ -563,6 +563,8 @@ TRIGGERS: dict[str, Callable] = {
     "rng-state": lambda: set_rng_state({"torch": torch.get_rng_state()}),
     "quick-mode-env": "env",
     # Found by the second hostile-user probe (issue 24): the components added since the first one
+    "train-no-parameters": lambda: meta_train(ProtoNet(nn.Flatten()), train_sampler(), steps=1, meta_batch_size=1),
+    "maml-no-parameters": lambda: MAML(mlp(1, 1).requires_grad_(False), strategy="loop")(regression_task()),
     "resume-learner": lambda tmp: train(checkpoint_path=checkpoint_run(tmp), steps=4, seed=3, config={"lr": 1e-3},
                                         learner=ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)),
                                                          transductive_steps=1)),
