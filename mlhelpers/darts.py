@@ -12,6 +12,7 @@ each edge and :class:`FixedNetwork` retrains it from scratch. :func:`regularized
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from mlhelpers.learners.functional import Params, module_for_this_thread, sgd_steps
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import NonFiniteError, check_positive_int
 
 
 class Zero(nn.Module):
@@ -50,10 +51,12 @@ OPERATIONS: dict[str, Callable[[int], nn.Module]] = {
 DEFAULT_OPERATIONS = ("zero", "skip", "conv3x3", "conv5x5", "dil_conv3x3", "max_pool3x3", "avg_pool3x3")
 
 
-def _check_operations(operations: Sequence[str]) -> tuple[str, ...]:
+def _check_operations(operations: Sequence[str], name: str = "operations") -> tuple[str, ...]:
+    if isinstance(operations, str):
+        raise TypeError(f"{name} must be a list of operation names, got str {operations!r}")
     unknown = [op for op in operations if op not in OPERATIONS]
     if not operations or unknown:
-        raise ValueError(f"operations must be a non-empty list of {sorted(OPERATIONS)}, got {list(operations)!r}")
+        raise ValueError(f"{name} must be a non-empty list of {sorted(OPERATIONS)}, got {list(operations)!r}")
     return tuple(operations)
 
 
@@ -260,13 +263,17 @@ def mutate_architecture(architecture: Sequence[str], nodes: int = 3, operations:
     node's last non-zero input, so every node keeps an input.
     """
     operations = _check_operations(operations)
-    architecture = list(_check_operations(architecture))
-    if len(architecture) != nodes * (nodes + 1) // 2:
+    architecture = list(_check_operations(architecture, "architecture"))
+    if len(architecture) != check_positive_int("nodes", nodes) * (nodes + 1) // 2:
         raise ValueError(f"a cell with {nodes} nodes has {nodes * (nodes + 1) // 2} edges, got {len(architecture)}")
     choices = [op for op in operations if op != "zero"]
     if not choices:
         raise ValueError("operations must contain a non-zero operation")
     node_of = [j for j in range(nodes) for _ in range(j + 1)]
+    cut_off = [j for j in range(nodes) if all(op == "zero" for e, op in enumerate(architecture) if node_of[e] == j)]
+    if cut_off:
+        raise ValueError(f"architecture {architecture} leaves node {cut_off[0]} without a non-zero input: every node "
+                         "needs one (as random_architecture and mutate_architecture keep it)")
 
     def randint(n: int) -> int:
         return int(torch.randint(n, (1,), generator=generator))
@@ -313,8 +320,20 @@ def regularized_evolution(
     population: list[tuple[list[str], float]] = []  # oldest first
     history: list[tuple[list[str], float]] = []
 
+    if not callable(fitness):
+        raise TypeError(f"fitness must be a callable architecture -> number, got {type(fitness).__name__}")
+
     def add(architecture: list[str]) -> None:
-        member = (architecture, float(fitness(list(architecture))))
+        value = fitness(list(architecture))
+        try:
+            score = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"fitness must return a number, got {type(value).__name__} {value!r} for "
+                            f"{architecture}") from None
+        if math.isnan(score):  # NaN compares False with everything: a tournament would keep picking it
+            raise NonFiniteError(f"fitness returned nan for architecture {architecture}: score a failed "
+                                 "architecture with a number (-inf never wins a tournament)")
+        member = (architecture, score)
         population.append(member)
         history.append(member)
 

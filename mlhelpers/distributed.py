@@ -18,6 +18,7 @@ The same calls run on both backends; nothing here is specific to one of them.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -28,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from mlhelpers.tasks import Task
+from mlhelpers.validation import check_positive_int, check_steps
 
 TIMEOUT_ENV_VAR = "MLHELPERS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
@@ -75,7 +77,14 @@ def is_main() -> bool:
 
 def local_rank() -> int:
     """``LOCAL_RANK`` (this process's index on its machine, set by ``torchrun``), 0 when unset."""
-    return int(os.environ.get("LOCAL_RANK", "0"))
+    value = os.environ.get("LOCAL_RANK", "0")
+    try:
+        index = int(value)
+    except ValueError:
+        raise ValueError(f"LOCAL_RANK={value!r} in the environment is not an integer") from None
+    if index < 0:
+        raise ValueError(f"LOCAL_RANK={index} in the environment must be >= 0")
+    return index
 
 
 def timeout() -> timedelta:
@@ -85,8 +94,8 @@ def timeout() -> timedelta:
         seconds = float(value) if value.strip() else DEFAULT_TIMEOUT
     except ValueError:
         raise ValueError(f"{TIMEOUT_ENV_VAR}={value!r} is not a number of seconds") from None
-    if not seconds > 0:
-        raise ValueError(f"{TIMEOUT_ENV_VAR}={value!r} must be a positive number of seconds")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{TIMEOUT_ENV_VAR}={value!r} must be a positive number of seconds (a finite one)")
     return timedelta(seconds=seconds)
 
 
@@ -141,8 +150,10 @@ def shard(batch: Task, index: int | None = None, count: int | None = None) -> Ta
 
     A ValueError if the batch does not split evenly (the ranks' mean losses would then weigh tasks
     unequally)."""
-    index = rank() if index is None else index
-    count = world_size() if count is None else count
+    count = world_size() if count is None else check_positive_int("count", count)
+    index = rank() if index is None else check_steps("index", index)
+    if index >= count:
+        raise ValueError(f"index must be a slice 0..{count - 1} of count={count}, got {index}")
     if len(batch) % count:
         raise ValueError(f"a meta-batch of {len(batch)} tasks does not split evenly over {count} processes; "
                          "choose meta_batch_size as a multiple of the number of processes")

@@ -144,6 +144,8 @@ def open_study(
     its settings are enqueued again up to ``retries`` times (Optuna's ``RetryFailedTrialCallback``).
     Heartbeats need a database: a ValueError for a journal file.
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str (the study's name), got {type(name).__name__} {name!r}")
     retries = check_steps("retries", retries)
     if heartbeat is not None:
         check_positive_int("heartbeat", heartbeat)
@@ -169,7 +171,12 @@ def open_study(
 
 def _database_storage(url: str, heartbeat: int | None, retries: int) -> optuna.storages.RDBStorage:
     """Optuna's RDBStorage on ``url``; a ModuleNotFoundError that names the extra if the driver is missing."""
+    import sqlalchemy.engine
     import sqlalchemy.exc  # Optuna's own dependency, needed only here
+
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        os.makedirs(os.path.dirname(parsed.database) or ".", exist_ok=True)  # as for a journal file
 
     callback = optuna.storages.RetryFailedTrialCallback(max_retry=retries) if retries else None
     for attempt in range(5):

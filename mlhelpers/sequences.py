@@ -178,5 +178,6 @@ def offset_labels(y: Tensor, n_way: int) -> Tensor:
     """
     if not isinstance(y, Tensor) or y.dim() != 2:
         raise ValueError(f"y must be a [tasks, T] tensor of class labels, got {_shape(y)}")
-    one_hot = F.one_hot(check_labels("y", y, n_way).long(), check_positive_int("n_way", n_way)).float()
+    check_positive_int("n_way", n_way)
+    one_hot = F.one_hot(check_labels("y", y, n_way).long(), n_way).float()
     return F.pad(one_hot, (0, 0, 1, 0))[:, :-1]

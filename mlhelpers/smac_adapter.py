@@ -41,7 +41,7 @@ from ConfigSpace import (
 )
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from mlhelpers.validation import check_positive_int
+from mlhelpers.validation import NonFiniteError, check_bool, check_number, check_positive_int
 
 Distributions = dict[str, BaseDistribution]
 
@@ -101,6 +101,8 @@ def smac_target(
     """
     if not callable(objective):
         raise TypeError(f"objective must be callable, got {type(objective).__name__}")
+    check_bool("maximize", maximize)
+    failed_value = check_number("failed_value", failed_value)
 
     def train(config: Configuration, seed: int = 0, budget: float | None = None) -> float:
         trial = optuna.trial.FixedTrial(to_params(config))
@@ -108,6 +110,14 @@ def smac_target(
             value = objective(trial) if budget is None else objective(trial, steps=int(round(budget)))
         except optuna.TrialPruned:
             value = failed_value
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"objective must return a number, got {type(value).__name__} {value!r}") from None
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"objective returned {value!r} for {to_params(config)}: SMAC needs a finite number; an objective "
+                "should raise optuna.TrialPruned for a diverged trial (it then scores failed_value)")
         return -value if maximize else value
 
     return train
@@ -146,10 +156,12 @@ def run_smac(
     check_positive_int("budget_steps", budget_steps)
     check_positive_int("max_steps", max_steps)
     check_positive_int("n_initial", n_initial)
-    if multi_fidelity:
+    if check_bool("multi_fidelity", multi_fidelity):
         check_positive_int("min_steps", min_steps)
         if min_steps > max_steps:
             raise ValueError(f"min_steps ({min_steps}) must be <= max_steps ({max_steps})")
+        if check_positive_int("eta", eta) < 2:
+            raise ValueError(f"eta must be an int >= 2 (Hyperband keeps 1/eta of the trials at each rung), got {eta}")
     space = to_configspace(distributions, seed=seed)
     train = smac_target(objective)
     output = tempfile.mkdtemp(prefix="smac_")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 import time
@@ -117,7 +118,8 @@ def meta_train(
     ``meta_batch_size``, ``grad_clip`` and the optimizer's and scheduler's classes; a ValueError lists
     differences). A resumed run must also be given the same optimizer settings (learning rate,
     betas, weight decay, ...; with a scheduler, its initial learning rate) and a training sampler of
-    the same kind and settings (ways, shots, ...; :func:`sampler_settings`) as the run that wrote the
+    the same kind and settings (ways, shots, ...; :func:`sampler_settings`) and a learner with the same
+    settings (``inner_lr``, ``inner_steps``, ...; :func:`learner_settings`) as the run that wrote the
     checkpoint, else a ValueError names what differs: the checkpoint's values would silently replace
     the ones given. ``seed`` seeds Python, NumPy and PyTorch at the start of a fresh run. Batches are
     moved to the device of the learner's parameters.
@@ -296,15 +298,11 @@ def _resume(
             "use another checkpoint_path"
         )
     _check_same_optimizer(path, state["optimizer"], optimizer, scheduler)
-    saved_sampler = state.get("sampler_settings")
-    if saved_sampler is not None:  # checkpoints written before it was stored resume as before
-        differences = config_differences(saved_sampler, sampler_settings(samplers["train"]))
-        if differences:
-            lines = "; ".join(f"{k!r}: saved {a!r}, given {b!r}" for k, (a, b) in differences.items())
-            raise ValueError(
-                f"checkpoint {str(path)!r} was trained on another train_sampler ({lines}); resuming would mix "
-                "two task distributions. Pass the sampler the run started with, or another checkpoint_path"
-            )
+    _check_same_settings(path, state.get("sampler_settings"), sampler_settings(samplers["train"]),
+                         "on another train_sampler", "mix two task distributions", "the sampler")
+    _check_same_settings(path, state.get("learner_settings"), learner_settings(learner),
+                         "with other learner settings", "continue with the new ones on weights meta-learned "
+                         "for the saved ones", "the learner")
     start = int(state["step"])
     if start > steps:
         raise ValueError(f"checkpoint {str(path)!r} is at step {start}, beyond steps={steps}")
@@ -405,6 +403,33 @@ def _check_same_optimizer(path: Path, saved: Any, optimizer: torch.optim.Optimiz
         )
 
 
+def _check_same_settings(path: Path, saved: dict[str, Any] | None, given: dict[str, Any], trained: str,
+                         consequence: str, what: str) -> None:
+    """A ValueError naming every setting of ``given`` that differs from the ``saved`` ones (None: a
+    checkpoint written before they were stored, which resumes as before)."""
+    differences = config_differences(saved, given) if saved is not None else {}
+    if differences:
+        lines = "; ".join(f"{k!r}: saved {a!r}, given {b!r}" for k, (a, b) in differences.items())
+        raise ValueError(
+            f"checkpoint {str(path)!r} was trained {trained} ({lines}); resuming would {consequence}. "
+            f"Pass {what} the run started with, or another checkpoint_path"
+        )
+
+
+def learner_settings(learner: nn.Module) -> dict[str, Any]:
+    """The learner's class and the settings it was built with that are not weights (``inner_lr``,
+    ``inner_steps``, ``first_order``, ``num_context``, ``gamma``, ...): the attributes, read as
+    :func:`sampler_settings` reads a sampler's, named like an argument of the ``__init__`` of one of
+    the package's learner classes it derives from, but ``strategy`` (how the tasks of a batch are run,
+    with the same results). A subclass's own attributes are not read (they may be counters). Stored
+    in checkpoints to refuse resuming with other settings."""
+    names = {"class"}
+    for klass in type(learner).__mro__:
+        if klass.__module__.startswith("mlhelpers.") and "__init__" in vars(klass):
+            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "strategy"}
+    return {key: value for key, value in sampler_settings(learner).items() if key in names}
+
+
 def sampler_settings(sampler: Any) -> dict[str, Any]:
     """What defines a sampler's task distribution, as plain values: its class and every public
     attribute that is a number, string, bool or None (ways, shots, split, ranges, ...), with those of
@@ -474,6 +499,7 @@ def _save(
         "config": run_config,
         "seed": seed,
         "sampler_settings": sampler_settings(samplers["train"]),
+        "learner_settings": learner_settings(learner),
         "version": __version__,
         **extra,
     })

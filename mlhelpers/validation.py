@@ -67,6 +67,16 @@ def check_number(name: str, value: Any, *, minimum: float | None = None) -> floa
     return float(value)
 
 
+def check_shape(name: str, value: Any) -> tuple[int, ...]:
+    """Return ``value`` as a tuple if it is a sequence of ints >= 1 (the shape of one example, such as
+    ``(1, 28, 28)``), else a TypeError naming ``name``."""
+    if isinstance(value, (str, bytes, int)) or not hasattr(value, "__iter__") or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        raise TypeError(f"{name} must be the shape of one example, a tuple of ints >= 1 such as (1, 28, 28), "
+                        f"got {value!r}")
+    return tuple(value)
+
+
 class NonFiniteError(RuntimeError):
     """A run produced NaN or infinity: a loss or gradient norm in :func:`~mlhelpers.training.meta_train`,
     a learner's outputs or metric in :func:`~mlhelpers.evaluation.evaluate`. What a diverged run raises;

@@ -178,6 +178,20 @@ def test_a_torn_last_line_is_cut_before_the_next_append(tmp_path):
     assert path.read_bytes().endswith(b"}\n")
 
 
+def test_a_worker_appending_after_another_one_died_mid_write_keeps_the_journal_readable(tmp_path):
+    """Two workers share a journal; one dies in the middle of a write while the other keeps its study
+    open (no repair on open): the living worker's next append must not be glued to the torn line.
+    (The test above goes through open_study, whose repair alone would pass it.)"""
+    path = tmp_path / "s.log"
+    study = open_study("s", path)
+    _complete(study, 2)
+    with open(path, "ab") as file:  # the other worker, killed mid-write
+        file.write(b'{"op_code":5,"worker_id":"x","trial_id":2,"sta')
+    with pytest.warns(UserWarning, match="torn line"):
+        _complete(study, 2, start=10.0)
+    assert _values(path) == [0.0, 1.0, 10.0, 11.0]  # plain Optuna reads every complete trial
+
+
 def test_a_journal_glued_by_the_old_code_is_repaired(tmp_path):
     path = tmp_path / "s.log"
     _complete(open_study("s", path), 2)

@@ -11,6 +11,8 @@ import threading
 
 import pytest
 import torch
+from test_validation_table import LEARNERS as PACKAGE_LEARNERS
+from test_validation_table import image_task
 
 from mlhelpers.darts import SearchNetwork, architecture_gradient
 from mlhelpers.learners import (
@@ -95,6 +97,31 @@ def test_concurrent_calls_on_one_learner_match_sequential_ones(name):
     for i, outputs in enumerate(results):
         for output in outputs:
             torch.testing.assert_close(output, expected[i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGE_LEARNERS))
+def test_every_learner_gives_each_thread_its_own_outputs_and_meta_gradients(name):
+    """Every learner the package exports (the list is kept complete by test_validation_table.py), on
+    image tasks: forward from four threads at once, and meta-gradients from four threads at once,
+    equal the sequential ones bit for bit."""
+    torch.manual_seed(0)
+    make, shape = PACKAGE_LEARNERS[name]
+    learner = make()
+    tasks = [image_task(x_shape=shape, seed=i) for i in range(4)]
+    params = [p for p in learner.parameters() if p.requires_grad]
+
+    def outputs_and_grads(task):
+        outputs = learner(task)
+        return outputs.detach(), torch.autograd.grad(learner.meta_loss(task), params, allow_unused=True)
+
+    expected = [outputs_and_grads(task) for task in tasks]
+    for i, results in enumerate(_concurrently(outputs_and_grads, tasks)):
+        for outputs, grads in results:
+            torch.testing.assert_close(outputs, expected[i][0], rtol=0, atol=0)
+            for got, want in zip(grads, expected[i][1]):
+                assert (got is None) == (want is None), name
+                if got is not None:
+                    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_concurrent_meta_gradients_match_sequential_ones():

@@ -9,6 +9,7 @@ error class of the "Error" column and the message contains every backticked frag
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable
@@ -21,7 +22,8 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from mlhelpers import pretrained, recipe
+from mlhelpers import distributed, pretrained, recipe
+from mlhelpers import learners as learners_module
 from mlhelpers.checkpoint import (
     CheckpointInUseError,
     CorruptCheckpointError,
@@ -31,7 +33,7 @@ from mlhelpers.checkpoint import (
     set_rng_state,
 )
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
-from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient
+from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient, mutate_architecture, regularized_evolution
 from mlhelpers.data.augment import random_affine, shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
@@ -44,6 +46,7 @@ from mlhelpers.learners import (
     CAVIA,
     MAML,
     MANN,
+    EnsembleProtoNet,
     FiLM,
     FiLMLearner,
     InContextLearner,
@@ -56,6 +59,7 @@ from mlhelpers.learners import (
     RelationNet,
     Reptile,
     SiameseNet,
+    accuracy_by_instance,
     task_loss,
     task_metric,
 )
@@ -70,6 +74,7 @@ from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.samplers.stream import DriftingSinusoidTasks, ReplaySampler
 from mlhelpers.seeding import seed_everything
+from mlhelpers.sequences import offset_labels
 from mlhelpers.tasks import Task
 from mlhelpers.training import meta_train
 from mlhelpers.validation import NonFiniteError
@@ -157,8 +162,13 @@ LEARNERS: dict[str, tuple[Callable[[], MetaLearner], tuple[int, ...]]] = {
     "SiameseNet": (lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)), (1, 8, 8)),
     "InContextLearner": (lambda: InContextLearner(4, n_way=3, d_model=16, n_layers=1, n_heads=2), (4,)),
     "MANN": (lambda: MANN(16, 3, encoder=_small_conv(16), controller=8, slots=6, width=4, heads=2), (1, 8, 8)),
+    "EnsembleProtoNet": (lambda: EnsembleProtoNet([_small_conv(), _small_conv()], tta_shift=1), (1, 8, 8)),
 }
-"""Every learner of the package, with the input shape of one example it takes."""
+"""Every learner of the package, with the input shape of one example it takes
+(``test_learners_cover_every_learner_the_package_exports`` keeps it complete)."""
+
+LEARNER_BASES = ("MetaLearner", "GradientLearner")
+"""Exported base classes: every other MetaLearner that mlhelpers.learners exports is in :data:`LEARNERS`."""
 
 
 def per_learner(fn: Callable[[MetaLearner, tuple[int, ...]], object]) -> Callable[[], object]:
@@ -304,6 +314,20 @@ def _search_network():
 
 def _train_sampler():
     return EpisodicSampler(make_dataset(), 3, 1, 1, "train", seed=0)
+
+
+def _smac():
+    """mlhelpers.smac_adapter, which needs the book's extra (SMAC, ConfigSpace): imported when a row needs it."""
+    pytest.importorskip("smac")
+    return importlib.import_module("mlhelpers.smac_adapter")
+
+
+def _replay_state(fresh: int, rounds: int) -> dict:
+    """The state of a ReplaySampler (no capacity) after ``rounds`` rounds of ``fresh`` tasks."""
+    replay = ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=10, seed=0), fresh=fresh, seed=0)
+    for _ in range(rounds):
+        replay.sample(fresh)
+    return replay.state_dict()
 
 
 def _rl(episodes: int = 2):
@@ -538,15 +562,69 @@ TRIGGERS: dict[str, Callable] = {
     "quick-mode-override": lambda: set_quick_mode("yes"),
     "rng-state": lambda: set_rng_state({"torch": torch.get_rng_state()}),
     "quick-mode-env": "env",
+    # Found by the second hostile-user probe (issue 24): the components added since the first one
+    "train-no-parameters": lambda: meta_train(ProtoNet(nn.Flatten()), train_sampler(), steps=1, meta_batch_size=1),
+    "maml-no-parameters": lambda: MAML(mlp(1, 1).requires_grad_(False), strategy="loop")(regression_task()),
+    "resume-learner": lambda tmp: train(checkpoint_path=checkpoint_run(tmp), steps=4, seed=3, config={"lr": 1e-3},
+                                        learner=ProtoNet(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)),
+                                                         transductive_steps=1)),
+    "siamese-query-labels": lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)).meta_loss(
+        replace(t := image_task(), query_y=t.query_y + 3)),
+    "siamese-adapted": lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)).predict({}, image_task().query_x),
+    "siamese-pairs": lambda: SiameseNet(_small_conv(), input_shape=(1, 8, 8)).score_pairs(
+        torch.rand(3, 1, 8, 8), torch.rand(2, 1, 8, 8)),
+    "learner-input-shape": lambda: SiameseNet(_small_conv(), input_shape="1,8,8"),
+    "mann-encoder": lambda: MANN(16, 3, encoder="conv4"),
+    "instance-accuracy-finite": lambda: accuracy_by_instance(torch.full((2, 6, 3), float("nan")),
+                                                             image_task().support_y),
+    "instance-accuracy-labels": lambda: accuracy_by_instance(torch.zeros(2, 6, 3), image_task().support_y + 3),
+    "film-target-width": lambda: FiLMLearner(mlp(1, 1, hidden=(4, 4)), input_shape=(1,), target_features=1,
+                                             film_after=1, channels=4).adapt(
+        (t := regression_task()).support_x, t.support_y.repeat(1, 1, 2)),
+    "offset-labels-n-way": lambda: offset_labels(torch.tensor([[0, 2, 1]]), "3"),
+    "pair-sampler-ways": lambda: PairSampler(make_dataset(), "train", n_way=1),
+    "stream-round": lambda: DriftingSinusoidTasks(5, 5, rounds=10).position(-1),
+    "stream-window": lambda: DriftingSinusoidTasks(5, 5, rounds=10).phase_window(1.5),
+    "stream-state-round": lambda: DriftingSinusoidTasks(5, 5, rounds=10).load_state_dict(
+        {"generator": torch.Generator().get_state(), "round": torch.tensor(-4)}),
+    "replay-state-capacity": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=2, capacity=3)
+    .load_state_dict(_replay_state(fresh=2, rounds=5)),
+    "replay-state-seen": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=2).load_state_dict(
+        {**_replay_state(fresh=2, rounds=2), "seen": torch.tensor(1)}),
+    "dist-shard-index": lambda: distributed.shard(regression_task(tasks=4), 2, 2),
+    "dist-local-rank": "env",
+    "dist-timeout": "env",
+    "smac-flag": lambda: _smac().smac_target(lambda trial: 0.0, maximize="no"),
+    "smac-eta": lambda: _smac().run_smac(lambda trial, steps=5: 0.0, {}, budget_steps=10, max_steps=9, min_steps=1,
+                                         multi_fidelity=True, eta=1),
+    "smac-non-finite": lambda: _smac().smac_target(lambda trial: float("nan"))({}),
+    "smac-failed-value": lambda: _smac().smac_target(lambda trial: 0.0, failed_value=float("nan")),
+    "darts-architecture-input": lambda: mutate_architecture(["zero", "skip", "skip", "conv3x3", "skip", "skip"]),
+    "darts-architecture-type": lambda: mutate_architecture("conv3x3"),
+    "darts-fitness-callable": lambda: regularized_evolution("accuracy", cycles=1, population_size=2, sample_size=1),
+    "darts-fitness-nan": lambda: regularized_evolution(lambda a: float("nan"), cycles=1, population_size=2,
+                                                       sample_size=1),
+    "darts-fitness-type": lambda: regularized_evolution(lambda a: "high", cycles=1, population_size=2,
+                                                        sample_size=1),
+    "hpo-name": lambda tmp: open_study(3, f"sqlite:///{tmp / 'studies.db'}"),
 }
+
+
+ENVIRONMENT: dict[str, tuple[str, str, Callable]] = {
+    "quick-mode-env": (QUICK_ENV_VAR, "maybe", quick_mode),
+    "dist-local-rank": ("LOCAL_RANK", "x", distributed.local_rank),
+    "dist-timeout": (distributed.TIMEOUT_ENV_VAR, "inf", distributed.timeout),
+}
+"""Rows whose bad input is an environment variable: (variable, bad value, the function that reads it)."""
 
 
 def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Callable[[], object]]]:
     """``[(label, zero-argument call)]``: one call, or one per learner for per-learner rows."""
     trigger = TRIGGERS[ident]
     if trigger == "env":
-        monkeypatch.setenv(QUICK_ENV_VAR, "maybe")
-        return [("", quick_mode)]
+        variable, value, read = ENVIRONMENT[ident]
+        monkeypatch.setenv(variable, value)
+        return [("", read)]
     if getattr(trigger, "per_learner", False):
         calls = []
         for name, (make, shape) in LEARNERS.items():
@@ -559,11 +637,20 @@ def run_trigger(ident: str, tmp_path: Path, monkeypatch) -> list[tuple[str, Call
 
 def test_learners_leave_the_checked_methods_to_the_base_class():
     """Learners write the hooks (``_adapt``, ...), so the public methods always check their inputs."""
-    classes = [type(make()) for make, _ in LEARNERS.values()] + [pretrained.EnsembleProtoNet]
+    classes = [type(make()) for make, _ in LEARNERS.values()]
     for cls in classes:
         for klass in cls.__mro__[: cls.__mro__.index(MetaLearner)]:
             overridden = {"adapt", "predict", "forward", "meta_loss"} & set(vars(klass))
             assert not overridden, f"{klass.__name__} overrides {sorted(overridden)}: write the hook instead"
+
+
+def test_learners_cover_every_learner_the_package_exports():
+    """The per-learner rows, the property test (test_malformed_tasks.py) and the thread-safety test
+    (test_thread_safety.py) run on LEARNERS: a learner missing from it would go unchecked."""
+    exported = {name for name in learners_module.__all__
+                if isinstance(obj := getattr(learners_module, name), type) and issubclass(obj, MetaLearner)}
+    assert sorted(exported - set(LEARNER_BASES)) == sorted(LEARNERS)
+    assert all(type(make()).__name__ == name for name, (make, _) in LEARNERS.items())
 
 
 def test_table_and_triggers_match():

@@ -40,6 +40,7 @@ from mlhelpers.validation import (
     check_module,
     check_positive,
     check_positive_int,
+    check_shape,
     check_steps,
 )
 
@@ -228,10 +229,7 @@ class FiLMLearner(MetaLearner):
         check_no_running_stats(check_module("model", model))
         self.model = model
         self.film_after = _check_film_after(model, film_after)
-        if isinstance(input_shape, int) or not all(isinstance(d, int) and d > 0 for d in input_shape):
-            raise TypeError(f"input_shape must be the shape of one example, a tuple of ints >= 1 such as (1,), "
-                            f"got {input_shape!r}")
-        self.input_shape = tuple(input_shape)
+        self.input_shape = check_shape("input_shape", input_shape)
         self.target_features = check_positive_int("target_features", target_features)
         embed_dim = check_positive_int("embed_dim", embed_dim)
         self.encoder = mlp(math.prod(self.input_shape) + self.target_features, embed_dim, hidden=encoder_hidden)
@@ -243,6 +241,9 @@ class FiLMLearner(MetaLearner):
         self._check_examples("support_x", support_x)
         if support_y.is_floating_point():
             targets = support_y.flatten(2)
+            if targets.shape[-1] != self.target_features:
+                raise ValueError(f"support_y holds regression targets of {targets.shape[-1]} numbers (shape "
+                                 f"{tuple(support_y.shape)}) but target_features={self.target_features}")
         else:
             check_labels("support_y", support_y, self.target_features)
             targets = F.one_hot(support_y.long(), self.target_features).to(support_x.dtype)

@@ -140,6 +140,11 @@ class GradientLearner(MetaLearner):
         ``create_graph`` keeps the inner gradients' graph (second order); ``track=False`` detaches
         the result from the initial weights. Returns fast weights ``name -> [tasks, *shape]``.
         """
+        if not self.adapt_names():
+            raise ValueError(
+                f"model has no trainable parameters for {type(self).__name__}'s inner loop to adapt (it has none, "
+                "or all have requires_grad=False); unfreeze some, or use a learner that adapts something else "
+                "(ProtoNet, CAVIA)")
         vectorise = self.resolved_strategy(support_x.device) == "vmap"
         params = dict(self.model.named_parameters())
         theta = {n: params[n] if track else params[n].detach() for n in self.adapt_names()}

@@ -33,7 +33,10 @@ from mlhelpers.sequences import offset_labels
 from mlhelpers.tasks import Task
 from mlhelpers.validation import (
     check_bool,
+    check_finite,
+    check_floating,
     check_labels,
+    check_module,
     check_number,
     check_positive_int,
     check_support,
@@ -146,9 +149,13 @@ def accuracy_by_instance(logits: Tensor, labels: Tensor, max_instance: int | Non
     Average over streams for the paper's table (Santoro et al. 2016, Table 1).
     """
     check_tensor("logits", logits, dim=3)
+    check_tensor("labels", labels, dim=2)
     if logits.shape[:2] != labels.shape:
         raise ValueError(f"logits must be [tasks, T, n_way] for labels [tasks, T] {tuple(labels.shape)}, "
                          f"got {tuple(logits.shape)}")
+    check_floating("logits", logits)
+    check_finite("logits", logits)  # NaN logits have an argmax: their "accuracy" would be a number
+    check_labels("labels", labels, logits.shape[-1])
     instance = instance_numbers(labels)
     top = int(instance.max()) if max_instance is None else check_positive_int("max_instance", max_instance)
     correct = (logits.argmax(dim=-1) == labels).float()
@@ -219,7 +226,7 @@ class MANN(MetaLearner):
         self.loss_on_all_positions = check_bool("loss_on_all_positions", loss_on_all_positions)
         self.key_strength = check_bool("key_strength", key_strength) and self.external_memory
         self.add_vector = check_bool("add_vector", add_vector) and self.external_memory
-        self.encoder = encoder if encoder is not None else nn.Identity()
+        self.encoder = check_module("encoder", encoder) if encoder is not None else nn.Identity()
         reads = self.heads * self.width
         self.lstm = nn.LSTMCell(in_features + n_way + reads, controller)
         if external_memory:

@@ -22,7 +22,7 @@ from mlhelpers.learners.base import MetaLearner, task_loss
 from mlhelpers.learners.protonet import class_prototypes, class_sums
 from mlhelpers.models import Norm, _norm_layer
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_module, check_positive_int
+from mlhelpers.validation import check_module, check_positive_int, check_shape
 
 
 def _relation_conv(in_channels: int, out_channels: int, norm: Norm, padding: int, pool: bool) -> nn.Sequential:
@@ -140,7 +140,7 @@ class RelationNet(MetaLearner):
         self.class_pooling = class_pooling
         self.loss = loss
         if relation_module is None:
-            shape, device = self._feature_shape(input_shape)
+            shape, device = self._feature_shape(check_shape("input_shape", input_shape))
             relation_module = build_relation_module(shape, hidden_channels, fc_hidden).to(device)
         self.relation = relation_module
 

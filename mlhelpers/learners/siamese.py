@@ -24,7 +24,7 @@ from mlhelpers.data.omniglot import IMAGE_SHAPE
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.matching import support_one_hot
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_labels, check_module
+from mlhelpers.validation import check_finite, check_floating, check_labels, check_module, check_shape, check_tensor
 
 
 class SiameseState(NamedTuple):
@@ -67,6 +67,7 @@ class SiameseNet(MetaLearner):
     def __init__(self, backbone: nn.Module, *, input_shape: Sequence[int] = IMAGE_SHAPE) -> None:
         super().__init__()
         self.backbone = check_module("backbone", backbone)
+        input_shape = check_shape("input_shape", input_shape)
         device = module_device(backbone, "cpu")
         was_training = backbone.training
         backbone.eval()
@@ -91,6 +92,16 @@ class SiameseNet(MetaLearner):
 
     def score_pairs(self, x1: Tensor, x2: Tensor) -> Tensor:
         """"Same" logits ``[n]`` of image pairs ``x1[i]``, ``x2[i]`` (each ``[n, *x_shape]``)."""
+        check_tensor("x1", x1, min_dim=2)
+        check_tensor("x2", x2, min_dim=2)
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must be pairs of one shape [n, *x_shape], got x1 {tuple(x1.shape)} "
+                             f"and x2 {tuple(x2.shape)}")
+        for name, x in (("x1", x1), ("x2", x2)):
+            self._check_device(name, x)
+            check_floating(name, x)
+            check_finite(name, x)
+        self._check_dtype(x1=x1, x2=x2)
         return self.pair_logits(self.backbone(x1), self.backbone(x2))
 
     def _adapt(self, support_x: Tensor, support_y: Tensor) -> SiameseState:
@@ -99,6 +110,9 @@ class SiameseNet(MetaLearner):
         return SiameseState(support, one_hot.to(support.dtype))
 
     def _predict(self, adapted: SiameseState, query_x: Tensor) -> Tensor:
+        if not isinstance(adapted, SiameseState):
+            raise TypeError(f"adapted must be the SiameseState that SiameseNet.adapt returned, got "
+                            f"{type(adapted).__name__}")
         queries = self.embed(query_x)  # [T, Q, D]
         logits = self.pair_logits(queries[:, :, None], adapted.support[:, None])  # [T, Q, S]
         member = adapted.one_hot[:, None].bool()  # [T, 1, S, N]
@@ -107,9 +121,11 @@ class SiameseNet(MetaLearner):
 
     def verification_logits(self, task: Task) -> tuple[Tensor, Tensor]:
         """"Same" logits ``[tasks, n_query, n_support]`` of every (query, support) pair, and whether
-        the pair is the same class (``query_y == support_y``, bool, same shape)."""
-        check_labels("support_y", task.support_y)
-        check_labels("query_y", task.query_y)
+        the pair is the same class (``query_y == support_y``, bool, same shape). Every class
+        ``0 .. n_way - 1`` needs a support example and every query label must be one of them (a
+        ValueError names ``support_y`` or ``query_y``), as for classification."""
+        n_way = support_one_hot(task.support_y).shape[-1]
+        check_labels("query_y", task.query_y, n_way)
         support, queries = self.embed(task.support_x), self.embed(task.query_x)
         logits = self.pair_logits(queries[:, :, None], support[:, None])
         same = task.query_y[:, :, None] == task.support_y[:, None]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.validation import check_positive_int
 
 NEGATIVES = ("within", "across", "any")
 """Where :class:`PairSampler` draws the different characters of a task from."""
@@ -54,7 +55,10 @@ class PairSampler(EpisodicSampler):
     ) -> None:
         if negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}, got {negatives!r}")
-        if negatives != "any" and dataset.class_groups is None:
+        if check_positive_int("n_way", n_way) < 2:
+            raise ValueError(f"n_way must be at least 2: a verification task needs a different class for its "
+                             f"'different' pairs (with n_way=1 every pair is 'same'), got n_way={n_way}")
+        if negatives != "any" and isinstance(dataset, LabelledDataset) and dataset.class_groups is None:
             raise ValueError(f"negatives={negatives!r} needs a dataset with class_groups (Omniglot: alphabets)")
         super().__init__(dataset, n_way, 1, q_query, split, rotations=rotations,
                          within_group=negatives == "within", seed=seed, device=device)

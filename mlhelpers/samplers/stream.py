@@ -24,7 +24,7 @@ from mlhelpers.samplers.base import TaskSampler, split_support_query
 from mlhelpers.samplers.regression import SinusoidTasks, _check_range, _uniform
 from mlhelpers.samplers.wrappers import SamplerWrapper
 from mlhelpers.tasks import Task
-from mlhelpers.validation import check_positive_int, describe
+from mlhelpers.validation import check_positive_int, check_steps, describe
 
 
 class DriftingSinusoidTasks(SinusoidTasks):
@@ -80,13 +80,17 @@ class DriftingSinusoidTasks(SinusoidTasks):
         if self.rounds is None:
             raise ValueError("position is defined for a stream (rounds=R); this sampler has rounds=None, "
                              "a fixed mixture")
-        r = self._round if round_ is None else round_
+        r = self._round if round_ is None else check_steps("round_", round_)
         fraction = 1.0 if self.rounds == 1 else min(r / (self.rounds - 1), 1.0)
         return self.start + (self.end - self.start) * fraction
 
     def phase_window(self, position: float | Tensor) -> tuple[Tensor, Tensor]:
         """The ``(low, high)`` phase bounds at ``position`` (a float or a ``[tasks]`` tensor)."""
         p = torch.as_tensor(position, dtype=torch.float32)
+        outside = ~((p >= 0) & (p <= 1))  # NaN too
+        if bool(outside.any()):
+            raise ValueError(f"position must lie in [0, 1] (0: the start of the drift, 1: its end), got "
+                             f"{p[outside].flatten()[0].item()!r}")
         low = (1 - p) * self.phase_start[0] + p * self.phase_end[0]
         high = (1 - p) * self.phase_start[1] + p * self.phase_end[1]
         return low, high
@@ -120,6 +124,8 @@ class DriftingSinusoidTasks(SinusoidTasks):
         if not isinstance(state, dict) or not isinstance(state.get("round"), Tensor):
             raise ValueError(f"state must be a DriftingSinusoidTasks state_dict {{'generator': ..., 'round': ...}}, "
                              f"got {describe(state)}")
+        if state["round"].numel() != 1 or int(state["round"]) < 0:
+            raise ValueError(f"state['round'] must be the number of rounds served, an int >= 0, got {state['round']!r}")
         super().load_state_dict(state)
         self._round = int(state["round"])
 
@@ -186,8 +192,15 @@ class ReplaySampler(SamplerWrapper):
         if not isinstance(state, dict) or "buffer" not in state or not isinstance(state.get("seen"), Tensor):
             raise ValueError("state must be a ReplaySampler state_dict {'generator', 'inner', 'buffer', 'seen'}, "
                              f"got {describe(state)}")
-        super().load_state_dict(state)
         buffer = state["buffer"]
         tasks = None if buffer is None else Task(**buffer)
+        size, seen = 0 if tasks is None else len(tasks), int(state["seen"])
+        if self.capacity is not None and size > self.capacity:
+            raise ValueError(f"state holds a buffer of {size} tasks but this ReplaySampler has capacity="
+                             f"{self.capacity}: it was saved by a sampler of another capacity")
+        if seen < size:
+            raise ValueError(f"state['seen']={seen} is fewer than the {size} tasks its buffer holds: not a "
+                             "ReplaySampler state_dict")
+        super().load_state_dict(state)
         self._buffer = [] if tasks is None else [tasks[i] for i in range(len(tasks))]
         self._seen = int(state["seen"])
