@@ -40,7 +40,8 @@ def rotated_features(dataset: LabelledDataset, network: nn.Module, turns: int = 
     table = []
     for r in range(turns):
         images = torch.rot90(dataset.images, r, dims=(-2, -1))
-        table.append(torch.cat([network(images[i:i + batch_size]).flatten(1) for i in range(0, len(images), batch_size)]))
+        chunks = [network(images[i:i + batch_size]).flatten(1) for i in range(0, len(images), batch_size)]
+        table.append(torch.cat(chunks))
     network.train(was_training)
     features = torch.stack(table)
     if standardise_on is not None:
