@@ -9,8 +9,8 @@ mistakes a label for an input feature.
 **Paired** (as SNAIL, Mishra et al. 2018): one token per example, ``[x_i | y_i]``, then
 ``[x_query | 0]`` (``k + 1`` tokens, :func:`token_width` with ``paired=True``). A query can find its
 label in one attention step, where the interleaved layout needs two (an induction head, Olsson et
-al. 2022; Chapter 5 does not test which learns faster), but a paired token already holds its label, so there is no learning curve for free: only
-the last, unlabelled token is a prediction.
+al. 2022; Chapter 5 does not test which learns faster), but a paired token already holds its
+label, so there is no learning curve for free: only the last, unlabelled token is a prediction.
 
 **Offset labels** (Santoro et al. 2016's memory-augmented network, :class:`~mlhelpers.learners.mann.MANN`):
 one token per example too, but token ``t`` is ``[x_t | y_{t-1}]`` (``[x_1 | 0]`` first,
