@@ -7,7 +7,7 @@ features of the shipped ProtoNet (``pretrained.load("protonet-omniglot-plain")``
 the meta-training alphabets). Three learners, trained on the same episodes with the same budget and
 the loss at every step of the stream: the MANN, an LSTM without external memory
 (``MANN(external_memory=False)``) and the chapter's causal transformer (interleaved layout). Run
-from the repository root, on one thread (about 30 minutes on a shared 2-core machine)::
+from the repository root, on one thread (the committed run took about 22 minutes on a shared 2-core machine)::
 
     OMP_NUM_THREADS=1 python scripts/train_mann.py
 
