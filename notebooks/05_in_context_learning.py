@@ -330,7 +330,7 @@ print(f"transformer below 0.05: {transformer_err < 0.05};  averaging above 0.3: 
 # nearest neighbours are far behind. The transformer was never told about least squares, only
 # shown tasks, yet its curve follows the optimal one: with fewer than $d$ examples it is close to
 # the best any predictor can do (exercise 2 prints both). After $d$ examples its error falls
-# to about 0.02 and stays there: 0.0199 at $2d = 10$ examples (printed above) and 0.020 at 15,
+# to about 0.02 and stays there: 0.0197 at $2d = 10$ examples (printed above) and 0.020 at 15,
 # the training length (printed with the probes below), while least squares is exactly zero.
 # Garg et al. saw the same shape (at $d = 20$) with a model some forty-five times larger
 # (12 layers of width 256 against our 4 of width 64) trained over a hundred times longer; what the small model loses is precision around $d$ examples, where
@@ -802,8 +802,8 @@ assert max(gaps) < 1e-5
 # - the chapter's **causal transformer** (2 layers, width 64), reading the same stream in the
 #   interleaved layout, with the loss at every $x_t$ (`prefix_predictions`).
 #
-# A run long enough to show the difference takes about half an hour, more than this chapter
-# should spend, so `scripts/train_mann.py` made it and stored its results and the trained MANN in
+# A run long enough to show the difference took about twenty minutes of training here (the table
+# below gives each learner's share), more than this chapter should spend, so `scripts/train_mann.py` made it and stored its results and the trained MANN in
 # `notebooks/results/`; this notebook loads them. What the notebook runs live is the start of the
 # MANN's training with the same code and seeds, to check it against the stored curve.
 
