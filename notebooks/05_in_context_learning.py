@@ -1002,14 +1002,17 @@ if have_results:
 
 # %% [markdown]
 # How to read the picture: each column is one step; a bright cell in the lower panel is the slot
-# the step wrote to, in the upper panel the slot it read. The least-recently-used rule shows as a
-# write that moves to a slot nobody touched lately, the gate $\sigma(\alpha_t)$ as a write that goes
-# back to the slot read one step earlier. The two printed counts summarise all the test episodes:
-# how often a later presentation reads mostly from a slot written just after an earlier drawing of
-# its class (the step at which that drawing's label arrived) or at that drawing's own step, against
-# a slot drawn at random among those written so far; and how often a first presentation is answered with a label the episode
-# has not used yet. They describe what the trained network does, not why; Exercise 6 runs the
-# experiment that asks whether it needs its memory at all.
+# the step wrote to, in the upper panel the slot it read (on one colour scale from 0 to 1). In the
+# stored network's episode above, every step writes to a slot of its own, the next unused one (the
+# diagonal): the gate $\sigma(\alpha_t)$ never sends a write back to the slot read a step earlier,
+# so the least-recently-used rule alone places the writes. Its reads are not sharp: each spreads
+# its weight over many of the slots written before, brighter on some. The printed counts above
+# summarise all the test episodes: how often a later presentation reads mostly from a slot written
+# just after an earlier drawing of its class (the step at which that drawing's label arrived) or at
+# that drawing's own step, against a slot drawn at random among those written so far; and how often
+# a first presentation is answered with a label the episode has not used yet. They describe what
+# the trained network does, not why; Exercise 6 runs the experiment that asks whether it needs its
+# memory at all.
 #
 # Santoro et al. report accuracy by instance for their MANN, an LSTM and people in their Table 1.
 # The sources we could consult when writing this section did not let us check its values or their
