@@ -7,17 +7,20 @@ out)``, a label token ``[y, 0, ..., 0]``. Classification: ``W = x width + n_way`
 mistakes a label for an input feature.
 
 **Paired** (as SNAIL, Mishra et al. 2018): one token per example, ``[x_i | y_i]``, then
-``[x_query | 0]`` (``k + 1`` tokens, :func:`token_width` with ``paired=True``). A query finds its
-label in one attention step where the interleaved layout needs an induction head (Olsson et al.
-2022), but a paired token already holds its label, so there is no learning curve for free: only
-the last, unlabelled token is a prediction.
+``[x_query | 0]`` (``k + 1`` tokens, :func:`token_width` with ``paired=True``). A query can find its
+label in one attention step, where the interleaved layout needs two (an induction head, Olsson et
+al. 2022; Chapter 5 does not test which learns faster), but a paired token already holds its
+label, so there is no learning curve for free: only the last, unlabelled token is a prediction.
 
 **Offset labels** (Santoro et al. 2016's memory-augmented network, :class:`~mlhelpers.learners.mann.MANN`):
 one token per example too, but token ``t`` is ``[x_t | y_{t-1}]`` (``[x_1 | 0]`` first,
 :func:`offset_labels`): each label arrives one step *after* its example. So every token is a
 prediction (of ``y_t``, from the examples before it) and the whole episode is a stream with no
 support/query split: the learning curve comes with every pass, as in the interleaved layout, with
-half as many tokens.
+half as many tokens. The price: ``y_t`` arrives in the token of ``x_{t+1}``, so to bind a drawing to
+its label the network must carry ``x_t`` for one step in its own state (the interleaved layout gives
+``y_t`` a token of its own; a paired token holds ``x_i`` and ``y_i`` together). For the prediction of
+``y_t`` the three layouts hold the same information: ``x_1, y_1, ..., x_{t-1}, y_{t-1}`` and ``x_t``.
 
 :func:`query_sequences` builds one sequence per query, ``[tasks * n_query, 2k + 1, W]`` (a query
 never sees its own label or the other queries). :func:`prefix_sequence` (``x_1, y_1, ..., x_k``)

@@ -69,6 +69,7 @@ from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.label_streams import LabelStreams
 from mlhelpers.samplers.pairs import PairSampler
 from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
@@ -438,6 +439,12 @@ TRIGGERS: dict[str, Callable] = {
     "stream-rounds": lambda: DriftingSinusoidTasks(5, 5, rounds=0),
     "stream-position-mixture": lambda: DriftingSinusoidTasks(5, 5, rounds=None).position(),
     "stream-state": lambda: DriftingSinusoidTasks(5, 5, rounds=3).load_state_dict(SinusoidTasks(5, 5).state_dict()),
+    "label-streams-per-class": lambda: LabelStreams(torch.zeros(2, 24, 2), torch.arange(2).repeat_interleave(12),
+                                                    torch.tensor([0, 1]), n_way=2, per_class=12),
+    "label-streams-turns": lambda: LabelStreams(torch.zeros(2, 24, 2), torch.arange(2).repeat_interleave(12),
+                                                torch.tensor([0, 1]), n_way=2, turns=3),
+    "label-streams-n-way": lambda: LabelStreams(torch.zeros(2, 24, 2), torch.arange(2).repeat_interleave(12),
+                                                torch.tensor([0, 1]), n_way=3, per_class=2),
     "replay-too-few": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=4).sample(2),
     "replay-capacity": lambda: ReplaySampler(DriftingSinusoidTasks(5, 5, rounds=3), fresh=4, capacity=0),
     "regression-noise": lambda: LinearTasks(2, 5, 5, noise_std=-1.0),
