@@ -43,16 +43,22 @@ class RankFailedError(RuntimeError):
     resume); the message carries rank 0's error."""
 
 
+def _environment_int(name: str, default: int, minimum: int) -> int:
+    """The integer environment variable ``name`` (``default`` when unset); a ValueError names it
+    when it is not an integer or is below ``minimum``."""
+    value = os.environ.get(name, str(default))
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} in the environment is not an integer") from None
+    if number < minimum:
+        raise ValueError(f"{name}={number} in the environment must be >= {minimum}")
+    return number
+
+
 def requested_world_size() -> int:
     """``WORLD_SIZE`` from the environment (set by ``torchrun``), 1 when unset."""
-    value = os.environ.get("WORLD_SIZE", "1")
-    try:
-        size = int(value)
-    except ValueError:
-        raise ValueError(f"WORLD_SIZE={value!r} in the environment is not an integer") from None
-    if size < 1:
-        raise ValueError(f"WORLD_SIZE={size} in the environment must be >= 1")
-    return size
+    return _environment_int("WORLD_SIZE", 1, 1)
 
 
 def is_distributed() -> bool:
@@ -77,14 +83,7 @@ def is_main() -> bool:
 
 def local_rank() -> int:
     """``LOCAL_RANK`` (this process's index on its machine, set by ``torchrun``), 0 when unset."""
-    value = os.environ.get("LOCAL_RANK", "0")
-    try:
-        index = int(value)
-    except ValueError:
-        raise ValueError(f"LOCAL_RANK={value!r} in the environment is not an integer") from None
-    if index < 0:
-        raise ValueError(f"LOCAL_RANK={index} in the environment must be >= 0")
-    return index
+    return _environment_int("LOCAL_RANK", 0, 0)
 
 
 def timeout() -> timedelta:
