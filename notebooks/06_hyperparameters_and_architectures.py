@@ -874,19 +874,24 @@ N_RANDOM = budget(full=4, quick=2)
 d_fit = (torch.cat([d_train[0], d_val[0]]), torch.cat([d_train[1], d_val[1]]))  # search is over: use both
 
 
-def retrain(architecture, seed):
-    """Train the fixed architecture on the training and validation drawers; test-drawer accuracy."""
+def train_and_score(architecture, seed, steps, fit, held_out):
+    """Train the fixed architecture for ``steps`` on the drawers ``fit``; accuracy on ``held_out``."""
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
     net = FixedNetwork(1, 20, architecture, hidden_channels=8, cells=2, nodes=3)
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(RETRAIN_STEPS):
-        x, y = batch_of(d_fit, g)
+    for _ in range(steps):
+        x, y = batch_of(fit, g)
         opt.zero_grad()
         F.cross_entropy(net(x), y).backward()
         opt.step()
     with torch.no_grad():
-        return (net(d_test[0]).argmax(-1) == d_test[1]).float().mean().item()
+        return (net(held_out[0]).argmax(-1) == held_out[1]).float().mean().item()
+
+
+def retrain(architecture, seed):
+    """The final training: training and validation drawers, RETRAIN_STEPS; test-drawer accuracy."""
+    return train_and_score(architecture, seed, RETRAIN_STEPS, d_fit, d_test)
 
 
 architectures = {f"DARTS, {name}": derive_architecture(a, OPS) for name, (a, _) in searched.items()}
@@ -1000,18 +1005,8 @@ COMPARE_SEEDS = budget(full=[0, 1, 2, 3, 4], quick=[0, 1])
 
 
 def proxy_score(architecture, seed=0):
-    """Train a fixed cell for PROXY_STEPS on the training drawers; accuracy on the validation drawers."""
-    seed_everything(seed)
-    g = torch.Generator().manual_seed(seed)
-    net = FixedNetwork(1, 20, architecture, hidden_channels=8, cells=2, nodes=3)
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    for _ in range(PROXY_STEPS):
-        x, y = batch_of(d_train, g)
-        opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-    with torch.no_grad():
-        return (net(d_val[0]).argmax(-1) == d_val[1]).float().mean().item()
+    """The search's score: PROXY_STEPS on the training drawers; accuracy on the validation drawers."""
+    return train_and_score(architecture, seed, PROXY_STEPS, d_train, d_val)
 
 
 start = time.perf_counter()
