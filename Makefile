@@ -16,6 +16,8 @@ ENV := scripts/env.sh
 PYTEST_ARGS ?=
 # Per-cell limit for notebooks under test; quick mode keeps every cell far below it.
 CELL_TIMEOUT ?= 600
+# Most worker processes `make test` starts (fewer on a machine with fewer cores).
+TEST_WORKERS ?= 4
 SERVE_ADDR ?= 127.0.0.1:8000
 # notebooks/ is absent from a clone until the first chapter is committed (git keeps no empty dirs).
 NOTEBOOKS := $(wildcard notebooks)
@@ -55,9 +57,11 @@ lint: ## lint and import order of every Python file (ruff, configured in pyproje
 # --nbval-current-env: kernels run on the same interpreter as pytest (the environment's python),
 # whatever kernelspec a notebook's metadata or the user's Jupyter directories name.
 # Every notebook's kernel runs offline (conftest.py): a connection attempt fails its cell.
+# -n: worker processes (pytest-xdist), one per core up to TEST_WORKERS; --dist loadfile keeps every
+# test file, and every notebook (whose cells share one kernel), on one worker.
 test: lint browser postgres ## lint, then every test: pytest on tests/ and every notebook in quick mode
-	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) \
-		--nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
+	@MLHELPERS_QUICK=1 $(ENV) python -m pytest tests $(NOTEBOOKS) -n auto --maxprocesses=$(TEST_WORKERS) \
+		--dist loadfile --nbval-lax --nbval-current-env --nbval-cell-timeout=$(CELL_TIMEOUT) $(PYTEST_ARGS)
 
 # Tests marked @pytest.mark.slow (meta-training runs, the shipped learner's accuracy) are left out.
 test-fast: ## the unit tests not marked slow: no notebooks, browser or site build (under 2 minutes)

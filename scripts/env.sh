@@ -69,7 +69,7 @@ fi
 
 # The active environment must carry the book's tools; say so clearly instead of failing later.
 if [ "$KIND" != "repository venv" ]; then
-    if ! "$BIN/python" -c "import mlhelpers, pytest, nbval, jupytext, mkdocs, material, mkdocs_jupyter, mkdocstrings, mathjax, playwright" 2>/dev/null; then
+    if ! "$BIN/python" -c "import mlhelpers, pytest, xdist, nbval, jupytext, mkdocs, material, mkdocs_jupyter, mkdocstrings, mathjax, playwright" 2>/dev/null; then
         say "the $KIND at $ENV_DIR lacks mlhelpers or the book's tools."
         say "Install them with:  $BIN/python -m pip install -e \".[dev]\""
         say "or deactivate it, and make will create .venv/ for you."
