@@ -56,6 +56,7 @@ if "google.colab" in sys.modules:
     pass
 
 # %%
+import copy
 import math
 import time
 
@@ -825,18 +826,17 @@ def batched_loss(learner):
 
 
 def with_inner_steps(learner, steps):
-    learner.inner_steps = steps
-    return learner
+    """A copy of `learner` that unrolls `steps` inner steps (same weights); `learner` is left as it is."""
+    twin = copy.deepcopy(learner)
+    twin.inner_steps = steps
+    return twin
 
 
-graph_mb = {
-    steps: {name: graph_megabytes(lambda lr=lr: batched_loss(with_inner_steps(lr, steps))(sine_batch))
-            for name, lr in cost_learners.items()}
-    | {"coordinatewise LSTM": graph_megabytes(lambda: coordinatewise_loss(steps))}
-    for steps in (INNER, 2 * INNER)
-}
-for learner in cost_learners.values():
-    learner.inner_steps = INNER
+graph_mb = {}
+for steps in (INNER, 2 * INNER):
+    twins = {name: with_inner_steps(lr, steps) for name, lr in cost_learners.items()}
+    graph_mb[steps] = {name: graph_megabytes(lambda twin=twin: batched_loss(twin)(sine_batch)) for name, twin in twins.items()}
+    graph_mb[steps]["coordinatewise LSTM"] = graph_megabytes(lambda: coordinatewise_loss(steps))
 meta_params = {name: sum(p.numel() for p in lr.parameters()) for name, lr in cost_learners.items()}
 meta_params["coordinatewise LSTM"] = sum(p.numel() for p in sine_lstm.parameters())
 per_weight_state = {"MAML": "0", "Meta-SGD": "1 learned step size", "meta-learner LSTM": "2 (the last gates)",
