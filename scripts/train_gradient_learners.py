@@ -5,7 +5,7 @@ Section 3.3 trains five gradient learners (MAML, first-order MAML, Reptile, Meta
 the shipped Omniglot's meta-training alphabets: conv4 with 32 channels and per-task batch
 statistics, inner step 0.4, Adam 1e-3 in the outer loop. Ten runs take about 45 minutes of CPU
 time, more than the chapter may spend besides everything else it does, so this script runs them
-with the chapter's code and seeds and stores the trained weights (float32, about 1.4 MB), the
+with the chapter's code and seeds and stores the trained weights (float32, 1.6 MB with the curves), the
 training curves and the training times, for the chapter to load (it does not yet: it still trains
 them itself), retraining only the first meta-steps of every learner to check the stored runs.
 Run from the repository root (two runs at a time, one thread each; the committed file took about
