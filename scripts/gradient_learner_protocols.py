@@ -12,8 +12,9 @@ picks on validation):
    between the first- and second-order meta-gradients, and the first-order one's relative error, at
    the random initialisation and at each trained MAML's weights.
 2. *Reptile is run with MAML's inner loop, not its own.* Train Reptile with the paper's inner
-   protocol as far as the package allows (adapt on the query examples too: 6 drawings per class
-   where the paper uses 12, with SGD at the chapter's step where the paper uses Adam) and its outer
+   protocol as far as the package allows (adapt on the query examples too: 6 drawings per class,
+   three full-batch SGD steps at the chapter's step, where the released code samples 10 drawings
+   per class and takes five Adam steps on mini-batches of 10) and its outer
    update (plain interpolation, SGD with step 1 annealed linearly to 0, instead of Adam on the
    Reptile direction), beside the chapter's setting.
 
@@ -35,17 +36,19 @@ from pathlib import Path
 
 import torch
 
-from mlhelpers import seed_everything
+from mlhelpers import gradient_recipe, seed_everything
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import MAML, Reptile
-from mlhelpers.models import conv4
+from mlhelpers.gradient_recipe import CHANNELS, Q_QUERY, TEST_STEPS, make_gradient_learner
+from mlhelpers.learners import MAML
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.training import meta_train
 
-N_WAY, K_SHOT, Q_QUERY, CHANNELS, META_BATCH, TEST_STEPS = 5, 1, 5, 32, 8, 3
+N_WAY, K_SHOT = 5, 1
+META_BATCH = gradient_recipe.META_BATCH[N_WAY]
 
-# name -> (family, how to build the learner, outer optimiser: "adam" or "reptile-sgd")
+# name -> (family: the learner make_gradient_learner builds, its settings (``kind`` is only recorded),
+#          outer optimiser: "adam" or "reptile-sgd")
 CONFIGS = {
     "MAML, alpha 0.4 (chapter)": ("MAML", dict(kind="maml", inner_lr=0.4), "adam"),
     "FOMAML, alpha 0.4 (chapter)": ("FOMAML", dict(kind="fomaml", inner_lr=0.4), "adam"),
@@ -56,16 +59,6 @@ CONFIGS = {
     "Reptile, 3 steps on support + query, SGD outer 1 -> 0": (
         "Reptile", dict(kind="reptile", inner_lr=0.4, inner_steps=3, use_query=True), "reptile-sgd"),
 }
-
-
-def make_learner(kind: str, inner_lr: float, inner_steps: int = 1, use_query: bool = False):
-    model = conv4(hidden_channels=CHANNELS, out_features=N_WAY, norm="task")
-    common = dict(eval_inner_steps=TEST_STEPS, strategy="loop")
-    if kind == "maml":
-        return MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, **common)
-    if kind == "fomaml":
-        return MAML(model, inner_lr=inner_lr, inner_steps=inner_steps, first_order=True, **common)
-    return Reptile(model, inner_lr=inner_lr, inner_steps=inner_steps, use_query=use_query, **common)
 
 
 def outer_optimiser(learner, kind: str, steps: int):
@@ -114,9 +107,10 @@ def main() -> None:
     runs, models = {}, {}
     for i, (name, (family, build, outer)) in enumerate(CONFIGS.items()):
         seed_everything(100 + i)
-        learner = make_learner(**build)
+        learner = make_gradient_learner(family, N_WAY, inner_lr=build["inner_lr"],
+                                        inner_steps=build.get("inner_steps"), use_query=build.get("use_query", False))
         optimizer, scheduler = outer_optimiser(learner, outer, args.steps)
-        train = EpisodicSampler(omniglot, N_WAY, K_SHOT, Q_QUERY, "train", rotations=True, seed=205)
+        train = gradient_recipe.train_sampler(omniglot, N_WAY, seed=205)  # the chapter's 5-way episodes
         start = time.perf_counter()
         history = meta_train(learner, train, steps=args.steps, meta_batch_size=META_BATCH, optimizer=optimizer,
                              scheduler=scheduler, seed=300 + i)
@@ -137,12 +131,12 @@ def main() -> None:
                                                    "values": test.values.tolist()}}
         print(f"{family}: chose {best!r} on validation; test {100 * test.mean:.1f} +- {100 * test.ci95:.1f}%")
 
-    sampler = EpisodicSampler(omniglot, N_WAY, K_SHOT, Q_QUERY, "train", rotations=True, seed=9005)
+    sampler = gradient_recipe.train_sampler(omniglot, N_WAY, seed=9005)
     tasks = [sampler.sample(META_BATCH) for _ in range(args.gradient_batches)]
     gradients = {}
     for alpha in (0.4, 0.1):
         seed_everything(100)
-        fresh = make_learner("maml", alpha).model
+        fresh = make_gradient_learner("MAML", N_WAY, inner_lr=alpha).model
         gradients[f"alpha {alpha}, random initialisation"] = dropped_term(fresh, alpha, tasks)
         trained = models[f"MAML, alpha {alpha}" + (" (chapter)" if alpha == 0.4 else "")].model
         gradients[f"alpha {alpha}, trained MAML"] = dropped_term(trained, alpha, tasks)

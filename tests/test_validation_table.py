@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from conftest import make_dataset
-from mlhelpers import distributed, pretrained, recipe
+from mlhelpers import distributed, gradient_recipe, pretrained, recipe
 from mlhelpers import learners as learners_module
 from mlhelpers.checkpoint import (
     CheckpointInUseError,
@@ -372,6 +372,9 @@ TRIGGERS: dict[str, Callable] = {
     "pretrained-schedule": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, schedule="linear"),
     "pretrained-distortion": lambda: recipe.train_member(load_omniglot(), seed=0, steps=1, augment=False,
                                                          distortion={"max_rotate": 20.0}),
+    "gradient-recipe-name": lambda: gradient_recipe.make_gradient_learner("ProtoNet", 5),
+    "gradient-recipe-use-query": lambda: gradient_recipe.make_gradient_learner("MAML", 5, use_query=True),
+    "gradient-recipe-n-way": lambda: gradient_recipe.train_gradient_learner(load_omniglot(), "MAML", 10, steps=1),
     "augment-shape": lambda: shifted_copies(torch.zeros(5)),
     "augment-p-each": lambda: random_affine(torch.zeros(1, 1, 4, 4), p_each=1.5),
     "hpo-report-every": lambda: learner_objective(lambda t: None, _train_sampler(), _train_sampler(), steps=4,
