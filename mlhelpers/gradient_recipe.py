@@ -67,14 +67,14 @@ def _check_name(function: str, name: str) -> None:
         raise ValueError(f"{function}: name must be one of {GRADIENT_LEARNERS}, got {name!r}")
 
 
-def train_sampler(omniglot: LabelledDataset, n_way: int, seed: int) -> EpisodicSampler:
-    """Meta-training episodes: ``n_way``-way 1-shot on the training alphabets, rotations as new classes."""
-    return EpisodicSampler(omniglot, n_way, 1, Q_QUERY, "train", rotations=True, seed=seed)
+def train_sampler(omniglot: LabelledDataset, n_way: int, seed: int, k_shot: int = 1) -> EpisodicSampler:
+    """Meta-training episodes: ``n_way``-way ``k_shot``-shot on the training alphabets, rotations as new classes."""
+    return EpisodicSampler(omniglot, n_way, k_shot, Q_QUERY, "train", rotations=True, seed=seed)
 
 
-def train_gradient_learner(omniglot: LabelledDataset, name: str, n_way: int, steps: int,
-                           progress: bool = True) -> tuple[MetaLearner, History, float]:
-    """Train ``name`` for ``steps`` meta-steps at ``n_way``-way 1-shot as Chapter 3 does.
+def train_gradient_learner(omniglot: LabelledDataset, name: str, n_way: int, steps: int, progress: bool = True,
+                           k_shot: int = 1) -> tuple[MetaLearner, History, float]:
+    """Train ``name`` for ``steps`` meta-steps at ``n_way``-way ``k_shot``-shot as Chapter 3 does (1-shot).
 
     Seeds: the model ``100 + i`` (``i`` the learner's place in :data:`GRADIENT_LEARNERS`), the
     training episodes ``200 + n_way``, the meta-batches ``300 + i``; Adam with :data:`OUTER_LR`.
@@ -88,7 +88,7 @@ def train_gradient_learner(omniglot: LabelledDataset, name: str, n_way: int, ste
     learner = make_gradient_learner(name, n_way)
     optimizer = torch.optim.Adam(learner.parameters(), lr=OUTER_LR)
     start = time.perf_counter()
-    history = meta_train(learner, train_sampler(omniglot, n_way, seed=200 + n_way), steps=steps,
+    history = meta_train(learner, train_sampler(omniglot, n_way, seed=200 + n_way, k_shot=k_shot), steps=steps,
                          meta_batch_size=META_BATCH[n_way], optimizer=optimizer, seed=300 + index, progress=progress)
     return learner, history, time.perf_counter() - start
 
