@@ -13,8 +13,9 @@ picks on validation):
    the random initialisation and at each trained MAML's weights.
 2. *Reptile is run with MAML's inner loop, not its own.* Train Reptile with the paper's inner
    protocol as far as the package allows (adapt on the query examples too: 6 drawings per class,
-   three full-batch SGD steps at the chapter's step, where the released code samples 10 drawings
-   per class and takes five Adam steps on mini-batches of 10) and its outer
+   three full-batch SGD steps at the chapter's step; the commands the Reptile README gives for the
+   paper's 5-way 1-shot Omniglot runs sample 12 drawings per class and take 12 Adam steps on
+   mini-batches of 5, or, transductive, 15 drawings and 3 Adam steps on mini-batches of 25) and its outer
    update (plain interpolation, SGD with step 1 annealed linearly to 0, instead of Adam on the
    Reptile direction), beside the chapter's setting.
 
