@@ -15,7 +15,7 @@ Run from the repository root (two runs at a time, one thread each; the committed
 
 ``--k-shot 5`` trains the same learners, with the same seeds, on 5-shot episodes and writes
 ``gradient_learners_omniglot_5shot.pt`` (``--ways 5`` for the 5-way runs only): models trained for
-the shot count they are tested at, where the chapter's 5-shot columns fine-tune the 1-shot models.
+the shot count they are tested at, which the chapter sets beside its fine-tuned 1-shot models.
 ``--steps-5 4 --steps-20 3 --out /tmp/x.pt`` is a smoke test.
 """
 
