@@ -528,8 +528,8 @@ print(f"\nchannels {CHANNELS}, inner step {INNER_LR}, test inner steps {TEST_STE
 omniglot = load_omniglot()
 
 # %% [markdown]
-# **Trained outside the notebook.** Ten runs (five learners, two settings) take about 45 minutes of
-# CPU time, more than this chapter may spend besides everything else it does. So
+# **Trained outside the notebook.** Ten runs (five learners, two settings) take the best part of
+# an hour on one thread, more than this chapter may spend besides everything else it does. So
 # `scripts/train_gradient_learners.py` trained them with the package's
 # `train_gradient_learner` (the same builder, episodes, seeds and Adam as here, two runs at a time
 # on the book's 2-core machine) and stored the weights, the training curves and the training times in
