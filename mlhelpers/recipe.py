@@ -80,6 +80,7 @@ def train_member(
     val_every: int | None = 1000,
     val_episodes: int = 300,
     progress: bool = True,
+    backbone: nn.Module | None = None,
 ) -> nn.Module:
     """Meta-train one ProtoNet backbone (conv4) with the protocol of Snell et al. 2017; return it in eval mode.
 
@@ -90,13 +91,16 @@ def train_member(
     :func:`~mlhelpers.data.augment.random_affine`). ``seed`` seeds the initialisation and, offset by
     :data:`EPISODE_SEED_OFFSET` and :data:`AUGMENT_SEED_OFFSET`, the episodes and distortions. Every
     ``val_every`` steps (None: never) within-alphabet 20-way 1-shot accuracy on ``val_episodes``
-    meta-validation episodes is shown; validation does not change the result.
+    meta-validation episodes is shown; validation does not change the result. ``backbone`` (a conv4 of
+    ``hidden_channels`` channels, e.g. one pre-trained by
+    :func:`~mlhelpers.pretraining.pretrain_classifier`) is meta-trained in place instead of a fresh one.
     """
     if distortion and not augment:
         raise ValueError(f"distortion={distortion} sets the strength of augmentation, but augment=False")
     seed_everything(seed)
-    backbone = conv4(hidden_channels=hidden_channels, norm="batch")
-    learner = ProtoNet(backbone)
+    if backbone is None:
+        backbone = conv4(hidden_channels=hidden_channels, norm="batch")
+    learner = ProtoNet(backbone.train())
     sampler = EpisodicSampler(omniglot, n_way, k_shot, q_query, split, rotations=True,
                               seed=seed + EPISODE_SEED_OFFSET)
     if augment:

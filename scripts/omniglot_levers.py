@@ -5,18 +5,28 @@ Each run trains one network with ``mlhelpers.recipe.train_member`` in the recipe
 members, read from the shipped learner's ``config`` (steps, ways, shots, queries, channels,
 schedule, distortions; member seed 0), changing one lever, and reports within-alphabet 20-way 1-shot (Lake
 et al.'s task) and 5-way 1-shot accuracy on 600 meta-validation episodes, with the CPU seconds the
-training took. The lever so far:
+training took and the CPU it ran on (compare CPU seconds only between rows of one CPU; a rerun on
+another CPU adds a row rather than replacing one). The levers (each flag left at its default is the
+shipped recipe):
 
 - ``--size``: the side of the input images. The shipped data are 28 x 28 (area average of the
   105 x 105 drawings); other sizes are rebuilt here from the two minimal-set zips (by default in
   ``../shared/data/omniglot``, as ``scripts/build_omniglot.py`` reads them) with the same area
   average. At ``--size 28`` the rebuilt images must equal the shipped ones (checked), so only the
   size differs between rows.
+- ``--steps``: a longer (or shorter) schedule; the cosine decay stretches with it.
+- ``--channels``: a wider (or narrower) conv4 backbone.
+- ``--distortion-scale``: every affine distortion of the shipped augmentation scaled by this factor
+  (0: no augmentation).
+- ``--pretrain-steps``: before meta-training, train the backbone as a classifier of all meta-training
+  classes (rotations as classes; ``mlhelpers.pretraining.pretrain_classifier``, batches of 64) for
+  this many steps, as Chen et al. (2019) and Tian et al. (2020) do; its CPU time counts.
 
 Run from the repository root, on one thread::
 
     OMP_NUM_THREADS=1 python scripts/omniglot_levers.py --size 28
     OMP_NUM_THREADS=1 python scripts/omniglot_levers.py --size 56
+    OMP_NUM_THREADS=1 python scripts/omniglot_levers.py --size 28 --steps 12000
 
 ``--steps 20 --episodes 20 --out /tmp/x.json`` is a smoke test.
 """
@@ -27,7 +37,6 @@ import argparse
 import dataclasses
 import io
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,11 +50,17 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import _ink, load_omniglot
 from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import ProtoNet
+from mlhelpers.models import conv4
+from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.recipe import VAL_SEED, train_member, within_alphabet
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.stepcost import cpu_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_omniglot import DEFAULT_ZIPS, DRAWERS, read_zips  # noqa: E402
+
+SHIPPED_SIZE = 28
+"""The side of the shipped images (``load_omniglot``)."""
 
 
 def rebuilt_images(shipped: LabelledDataset, size: int, zips=DEFAULT_ZIPS) -> torch.Tensor:
@@ -71,36 +86,66 @@ def omniglot_at(size: int) -> LabelledDataset:
     return dataclasses.replace(shipped, images=images)
 
 
+def lever_flags(args: argparse.Namespace, recipe: dict) -> list[str]:
+    """The command-line flags of the levers ``args`` moves away from the shipped ``recipe``."""
+    flags = [f"--size {args.size}"]
+    if args.steps not in (None, recipe["steps"]):
+        flags.append(f"--steps {args.steps}")
+    if args.channels not in (None, recipe["channels"]):
+        flags.append(f"--channels {args.channels}")
+    if args.distortion_scale != 1:
+        flags.append(f"--distortion-scale {args.distortion_scale:g}")
+    if args.pretrain_steps:
+        flags.append(f"--pretrain-steps {args.pretrain_steps}")
+    return flags
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=28)
     parser.add_argument("--steps", type=int, help="training steps (default: the shipped members')")
+    parser.add_argument("--channels", type=int, help="conv4 width (default: the shipped members')")
+    parser.add_argument("--distortion-scale", type=float, default=1.0)
+    parser.add_argument("--pretrain-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("notebooks/results/omniglot_levers.json"))
     args = parser.parse_args()
+    if args.distortion_scale < 0 or args.pretrain_steps < 0:
+        parser.error("--distortion-scale and --pretrain-steps must be at least 0")
     torch.set_num_threads(1)
     recipe = pretrained.load("protonet-omniglot").config
     steps = args.steps or recipe["steps"]
+    channels = args.channels or recipe["channels"]
+    distortion = {name: args.distortion_scale * value for name, value in recipe["distortion"].items()}
+    flags = lever_flags(args, recipe)
     omniglot = omniglot_at(args.size)
     start = time.process_time()
+    backbone = None
+    if args.pretrain_steps:
+        torch.manual_seed(0)
+        backbone = pretrain_classifier(conv4(hidden_channels=channels, norm="batch"), omniglot, "train",
+                                       steps=args.pretrain_steps, seed=0)
     backbone = train_member(omniglot, seed=0, steps=steps, n_way=recipe["ways"], k_shot=recipe["shots"],
-                            q_query=recipe["queries"], augment=True, hidden_channels=recipe["channels"],
-                            schedule=recipe["schedule"], distortion=recipe["distortion"], val_every=None)
+                            q_query=recipe["queries"], augment=args.distortion_scale > 0, hidden_channels=channels,
+                            schedule=recipe["schedule"], distortion=distortion if args.distortion_scale > 0 else None,
+                            val_every=None, backbone=backbone)
     cpu_seconds = time.process_time() - start
     learner = ProtoNet(backbone).eval()
     within = within_alphabet(learner, omniglot, "val", args.episodes, seed=VAL_SEED)
     five = evaluate(learner, EpisodicSampler(omniglot, 5, 1, 1, "val", seed=VAL_SEED), args.episodes)
-    row = {"lever": "size", "size": args.size, "steps": steps, "cpu_seconds": cpu_seconds,
+    moved = [flag.split()[0][2:] for flag in flags if flag != f"--size {SHIPPED_SIZE}"]
+    row = {"lever": ", ".join(moved) or "none", "size": args.size,
+           "steps": steps, "channels": channels, "distortion_scale": args.distortion_scale,
+           "pretrain_steps": args.pretrain_steps, "cpu_seconds": cpu_seconds,
            "val_within_alphabet_20way_1shot": {"mean": within.mean, "ci95": within.ci95},
            "val_5way_1shot": {"mean": five.mean, "ci95": five.ci95}, "episodes": args.episodes,
-           "command": f"OMP_NUM_THREADS=1 python scripts/omniglot_levers.py --size {args.size}"
-                      + ("" if args.steps is None else f" --steps {args.steps}"),
-           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
+           "command": "OMP_NUM_THREADS=1 python scripts/omniglot_levers.py " + " ".join(flags),
+           "cpu": cpu_model(), "torch": torch.__version__}
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
-    rows = [r for r in rows if r["command"] != row["command"]] + [row]
+    rows = [r for r in rows if (r["command"], r["cpu"]) != (row["command"], row["cpu"])] + [row]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"size {args.size}: val within-alphabet 20-way 1-shot {within}, 5-way 1-shot {five}; "
+    print(f"{' '.join(flags)}: val within-alphabet 20-way 1-shot {within}, 5-way 1-shot {five}; "
           f"{cpu_seconds:.0f} CPU s of training")
 
 

@@ -16,6 +16,7 @@ from mlhelpers.evaluation import evaluate
 from mlhelpers.learners import EnsembleProtoNet, ProtoNet
 from mlhelpers.models import conv4
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.seeding import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -253,3 +254,20 @@ def test_saved_learner_carries_a_checksum_verified_on_load(tmp_path):
         pretrained.load_file(str(path))
     with pytest.raises(FileNotFoundError, match="no weights file"):
         pretrained.load_file(str(tmp_path / "none.pt"))
+
+
+def test_train_member_meta_trains_a_given_backbone_in_place():
+    """A backbone passed in is trained instead of a fresh one: the one train_member would build with the
+    same seed trains to the same weights, and the object returned is the one passed in."""
+    omniglot = load_omniglot()
+    train = lambda **kw: recipe.train_member(omniglot, seed=0, steps=3, n_way=5, hidden_channels=4,  # noqa: E731
+                                             progress=False, val_every=None, **kw)
+    fresh = train()
+    seed_everything(0)
+    given = conv4(hidden_channels=4, norm="batch").eval()
+    start = [p.detach().clone() for p in given.parameters()]
+    trained = train(backbone=given)
+    assert trained is given and not trained.training
+    assert not torch.equal(start[0], trained[0][0].weight)
+    for a, b in zip(fresh.state_dict().values(), trained.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
