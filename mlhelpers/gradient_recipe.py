@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm  # text bars: readable live and in stored notebook outputs
 
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
@@ -20,6 +21,7 @@ from mlhelpers.models import conv4
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.seeding import seed_everything
 from mlhelpers.training import History, meta_train
+from mlhelpers.validation import check_positive_int
 
 GRADIENT_LEARNERS = ("MAML", "FOMAML", "Reptile", "Meta-SGD", "ANIL")
 """The learners :func:`make_gradient_learner` builds, in the chapter's order (which fixes their seeds)."""
@@ -109,3 +111,21 @@ def load_gradient_learners(path: str | Path) -> tuple[dict, dict, dict, dict]:
         histories[int(n_way), name] = History.from_dict(stored["histories"][key])
         seconds[int(n_way), name] = stored["train_seconds"][key]
     return learners, histories, seconds, stored
+
+
+def retrain_gap(omniglot: LabelledDataset, histories: dict, steps: int, k_shot: int = 1,
+                progress: bool = True) -> float:
+    """Retrain the first ``steps`` meta-steps of every run in ``histories`` (keyed ``(n_way, name)``, as
+    :func:`load_gradient_learners` returns them; ``k_shot`` as they were trained) and return the largest
+    difference between the retrained and the stored training losses: 0 when the stored runs are what
+    this code makes. ``progress`` shows a bar over the runs."""
+    check_positive_int("steps", steps)
+    gap = 0.0
+    runs = tqdm(histories.items(), desc="retraining the first steps", disable=not progress, mininterval=10)
+    for (n_way, name), history in runs:
+        if len(history.train_loss) < steps:
+            raise ValueError(f"steps={steps}, but the stored {n_way}-way {name} run has only "
+                             f"{len(history.train_loss)} steps")
+        _, check, _ = train_gradient_learner(omniglot, name, n_way, steps, progress=False, k_shot=k_shot)
+        gap = max([gap] + [abs(a - b) for a, b in zip(check.train_loss, history.train_loss[:steps])])
+    return gap

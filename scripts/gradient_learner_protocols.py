@@ -37,16 +37,16 @@ from pathlib import Path
 
 import torch
 
-from mlhelpers import gradient_recipe, seed_everything
+from mlhelpers import seed_everything
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.evaluation import evaluate
-from mlhelpers.gradient_recipe import CHANNELS, Q_QUERY, TEST_STEPS, make_gradient_learner
+from mlhelpers.gradient_recipe import CHANNELS, META_BATCH, Q_QUERY, TEST_STEPS, make_gradient_learner, train_sampler
 from mlhelpers.learners import MAML
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.training import meta_train
 
 N_WAY, K_SHOT = 5, 1
-META_BATCH = gradient_recipe.META_BATCH[N_WAY]
+META_BATCH_SIZE = META_BATCH[N_WAY]
 
 # name -> (family: the learner make_gradient_learner builds, its settings (``kind`` is only recorded),
 #          outer optimiser: "adam" or "reptile-sgd")
@@ -111,9 +111,9 @@ def main() -> None:
         learner = make_gradient_learner(family, N_WAY, inner_lr=build["inner_lr"],
                                         inner_steps=build.get("inner_steps"), use_query=build.get("use_query", False))
         optimizer, scheduler = outer_optimiser(learner, outer, args.steps)
-        train = gradient_recipe.train_sampler(omniglot, N_WAY, seed=205)  # the chapter's 5-way episodes
+        train = train_sampler(omniglot, N_WAY, seed=205)  # the chapter's 5-way episodes
         start = time.perf_counter()
-        history = meta_train(learner, train, steps=args.steps, meta_batch_size=META_BATCH, optimizer=optimizer,
+        history = meta_train(learner, train, steps=args.steps, meta_batch_size=META_BATCH_SIZE, optimizer=optimizer,
                              scheduler=scheduler, seed=300 + i)
         seconds = time.perf_counter() - start
         val = evaluate(learner, EpisodicSampler(omniglot, N_WAY, K_SHOT, Q_QUERY, "val", seed=6005), args.val_episodes)
@@ -132,8 +132,8 @@ def main() -> None:
                                                    "values": test.values.tolist()}}
         print(f"{family}: chose {best!r} on validation; test {100 * test.mean:.1f} +- {100 * test.ci95:.1f}%")
 
-    sampler = gradient_recipe.train_sampler(omniglot, N_WAY, seed=9005)
-    tasks = [sampler.sample(META_BATCH) for _ in range(args.gradient_batches)]
+    sampler = train_sampler(omniglot, N_WAY, seed=9005)
+    tasks = [sampler.sample(META_BATCH_SIZE) for _ in range(args.gradient_batches)]
     gradients = {}
     for alpha in (0.4, 0.1):
         seed_everything(100)
@@ -147,7 +147,7 @@ def main() -> None:
         "command": "OMP_NUM_THREADS=1 python scripts/gradient_learner_protocols.py"
                    + ("" if args.steps == 1500 else f" --steps {args.steps}"),
         "protocol": {"n_way": N_WAY, "k_shot": K_SHOT, "q_query": Q_QUERY, "channels": CHANNELS,
-                     "meta_batch": META_BATCH, "steps": args.steps, "test_inner_steps": TEST_STEPS,
+                     "meta_batch": META_BATCH_SIZE, "steps": args.steps, "test_inner_steps": TEST_STEPS,
                      "val_episodes": args.val_episodes, "test_episodes": args.test_episodes},
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
         "seconds": time.perf_counter() - started,

@@ -14,6 +14,7 @@ from mlhelpers.gradient_recipe import (
     INNER_LR,
     load_gradient_learners,
     make_gradient_learner,
+    retrain_gap,
     train_gradient_learner,
 )
 from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile
@@ -61,12 +62,21 @@ def test_loads_what_the_script_stores(omniglot, tmp_path):
     assert torch.equal(loaded.model(x), learner.model(x))
 
 
+def test_retrain_gap_is_zero_for_the_recipes_runs_and_sees_a_changed_one(omniglot):
+    _, history, _ = train_gradient_learner(omniglot, "FOMAML", 5, steps=3, progress=False)
+    assert retrain_gap(omniglot, {(5, "FOMAML"): history}, steps=2, progress=False) == 0.0
+    history.train_loss[1] += 0.25  # a run this code does not make
+    assert retrain_gap(omniglot, {(5, "FOMAML"): history}, steps=2, progress=False) == pytest.approx(0.25)
+    assert retrain_gap(omniglot, {(5, "FOMAML"): history}, steps=1, progress=False) == 0.0
+    with pytest.raises(ValueError, match="only 3 steps"):
+        retrain_gap(omniglot, {(5, "FOMAML"): history}, steps=4, progress=False)
+
+
 @pytest.mark.skipif(not STORED.exists(), reason="the committed runs are in the repository, not the package")
 def test_committed_runs_start_as_the_recipe_trains(omniglot):
     """The first meta-step of each stored 5-way run, retrained, gives the stored training loss."""
     _, histories, _, stored = load_gradient_learners(STORED)
     assert stored["steps"] == {5: 1500, 20: 600}
     assert {key for key in histories} == {(n, name) for n in (5, 20) for name in GRADIENT_LEARNERS}
-    for name in ("MAML", "Reptile"):
-        _, check, _ = train_gradient_learner(omniglot, name, 5, steps=1, progress=False)
-        assert abs(check.train_loss[0] - histories[5, name].train_loss[0]) < 1e-4
+    assert retrain_gap(omniglot, {key: histories[key] for key in ((5, "MAML"), (5, "Reptile"))}, steps=1,
+                       progress=False) < 1e-4
