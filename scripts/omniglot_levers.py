@@ -18,6 +18,10 @@ shipped recipe):
 - ``--channels``: a wider (or narrower) conv4 backbone.
 - ``--distortion-scale``: every affine distortion of the shipped augmentation scaled by this factor
   (0: no augmentation).
+- ``--stroke-change``: stroke-level augmentation on top of the affine one: strokes thickened or
+  thinned by up to this fraction of a pixel (``mlhelpers.data.augment.random_stroke_width``).
+- ``--elastic-alpha``: elastic distortion on top (Simard et al. 2003; ``random_elastic``, smoothing
+  sigma 4 pixels, displacements scaled by this many pixels).
 - ``--pretrain-steps``: before meta-training, train the backbone as a classifier of all meta-training
   classes (rotations as classes; ``mlhelpers.pretraining.pretrain_classifier``, batches of 64) for
   this many steps, as Chen et al. (2019) and Tian et al. (2020) do; its CPU time counts.
@@ -95,6 +99,10 @@ def lever_flags(args: argparse.Namespace, recipe: dict) -> list[str]:
         flags.append(f"--channels {args.channels}")
     if args.distortion_scale != 1:
         flags.append(f"--distortion-scale {args.distortion_scale:g}")
+    if args.stroke_change:
+        flags.append(f"--stroke-change {args.stroke_change:g}")
+    if args.elastic_alpha:
+        flags.append(f"--elastic-alpha {args.elastic_alpha:g}")
     if args.pretrain_steps:
         flags.append(f"--pretrain-steps {args.pretrain_steps}")
     return flags
@@ -106,17 +114,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="training steps (default: the shipped members')")
     parser.add_argument("--channels", type=int, help="conv4 width (default: the shipped members')")
     parser.add_argument("--distortion-scale", type=float, default=1.0)
+    parser.add_argument("--stroke-change", type=float, default=0.0)
+    parser.add_argument("--elastic-alpha", type=float, default=0.0)
     parser.add_argument("--pretrain-steps", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--out", type=Path, default=Path("notebooks/results/omniglot_levers.json"))
     args = parser.parse_args()
-    if args.distortion_scale < 0 or args.pretrain_steps < 0:
-        parser.error("--distortion-scale and --pretrain-steps must be at least 0")
+    if min(args.distortion_scale, args.stroke_change, args.elastic_alpha, args.pretrain_steps) < 0:
+        parser.error("--distortion-scale, --stroke-change, --elastic-alpha and --pretrain-steps must be at least 0")
     torch.set_num_threads(1)
     recipe = pretrained.load("protonet-omniglot").config
     steps = args.steps or recipe["steps"]
     channels = args.channels or recipe["channels"]
     distortion = {name: args.distortion_scale * value for name, value in recipe["distortion"].items()}
+    if args.stroke_change:
+        distortion["max_stroke_change"] = args.stroke_change
+    if args.elastic_alpha:
+        distortion["elastic_alpha"] = args.elastic_alpha
+    augment = any(distortion.values())
     flags = lever_flags(args, recipe)
     omniglot = omniglot_at(args.size)
     start = time.process_time()
@@ -126,8 +141,8 @@ def main() -> None:
         backbone = pretrain_classifier(conv4(hidden_channels=channels, norm="batch"), omniglot, "train",
                                        steps=args.pretrain_steps, seed=0)
     backbone = train_member(omniglot, seed=0, steps=steps, n_way=recipe["ways"], k_shot=recipe["shots"],
-                            q_query=recipe["queries"], augment=args.distortion_scale > 0, hidden_channels=channels,
-                            schedule=recipe["schedule"], distortion=distortion if args.distortion_scale > 0 else None,
+                            q_query=recipe["queries"], augment=augment, hidden_channels=channels,
+                            schedule=recipe["schedule"], distortion=distortion if augment else None,
                             val_every=None, backbone=backbone)
     cpu_seconds = time.process_time() - start
     learner = ProtoNet(backbone).eval()
@@ -136,6 +151,7 @@ def main() -> None:
     moved = [flag.split()[0][2:] for flag in flags if flag != f"--size {SHIPPED_SIZE}"]
     row = {"lever": ", ".join(moved) or "none", "size": args.size,
            "steps": steps, "channels": channels, "distortion_scale": args.distortion_scale,
+           "stroke_change": args.stroke_change, "elastic_alpha": args.elastic_alpha,
            "pretrain_steps": args.pretrain_steps, "cpu_seconds": cpu_seconds,
            "val_within_alphabet_20way_1shot": {"mean": within.mean, "ci95": within.ci95},
            "val_5way_1shot": {"mean": five.mean, "ci95": five.ci95}, "episodes": args.episodes,

@@ -1,12 +1,21 @@
-"""Random affine distortions and test-time shifts (Chapter 4)."""
+"""Random affine and stroke-level distortions and test-time shifts (Chapter 4)."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import make_dataset
-from mlhelpers.data.augment import affine, affine_matrix, random_affine, shifted_copies
+from mlhelpers.data.augment import (
+    affine,
+    affine_matrix,
+    random_affine,
+    random_distortion,
+    random_elastic,
+    random_stroke_width,
+    shifted_copies,
+)
 from mlhelpers.samplers.episodic import EpisodicSampler
 from mlhelpers.samplers.wrappers import AugmentedSampler
 
@@ -81,3 +90,60 @@ def test_wrapped_sampler_state_must_hold_both_random_states():
         sampler.load_state_dict(inner_only)
     with pytest.raises(TypeError, match="sampler must be a TaskSampler, got list"):
         AugmentedSampler([1, 2])
+
+
+def _stroke() -> torch.Tensor:
+    """``[2, 1, 9, 9]``: a vertical and a horizontal stroke, one pixel wide."""
+    x = torch.zeros(2, 1, 9, 9)
+    x[0, 0, 2:7, 4] = 1.0
+    x[1, 0, 4, 2:7] = 1.0
+    return x
+
+
+def test_stroke_width_moves_between_erosion_and_dilation():
+    x = _stroke()
+    assert random_stroke_width(x, 0.0) is x
+    g = torch.Generator().manual_seed(0)
+    out = random_stroke_width(x.repeat(32, 1, 1, 1).reshape(32, 2, 1, 9, 9), 1.0, generator=g)
+    assert out.shape == (32, 2, 1, 9, 9)
+    dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+    flat = out.reshape(64, 1, 9, 9)
+    lower, upper = torch.zeros_like(flat), dilated.repeat(32, 1, 1, 1)
+    assert torch.all(flat >= lower - 1e-6) and torch.all(flat <= upper + 1e-6)
+    ink = flat.sum(dim=(1, 2, 3)) / x[0].sum()
+    assert ink.max() > 1.5 and ink.min() < 0.5, "some images thickened, some thinned"
+    with pytest.raises(ValueError, match="max_change must be at most 1"):
+        random_stroke_width(x, 1.5)
+    with pytest.raises(ValueError, match="max_change must be a finite number >= 0, got -0.1"):
+        random_stroke_width(x, -0.1)
+
+
+def test_elastic_bends_strokes_and_keeps_their_ink():
+    x = torch.zeros(16, 1, 28, 28)
+    x[:, 0, 6:22, 13:15] = 1.0  # a bar in the middle, away from the border
+    assert random_elastic(x, 0.0) is x
+    out = random_elastic(x, 34.0, 4.0, generator=torch.Generator().manual_seed(0))
+    again = random_elastic(x, 34.0, 4.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, again)
+    assert out.shape == x.shape and not torch.allclose(out, x, atol=0.1)
+    assert not torch.allclose(out[0], out[1], atol=0.1), "each image its own field"
+    ink = out.sum(dim=(1, 2, 3)) / x[0].sum()  # a field compresses some strokes and stretches others,
+    assert abs(ink.mean() - 1) < 0.2 and ink.min() > 0.3, ink  # but neither erases nor smears the ink
+    small = random_elastic(x, 1.0, 4.0, generator=torch.Generator().manual_seed(0))
+    assert (small - x).abs().mean() < (out - x).abs().mean() / 5, "displacement grows with alpha"
+    with pytest.raises(ValueError, match="sigma must be above 0"):
+        random_elastic(x, 1.0, 0.0)
+
+
+def test_distortion_without_stroke_parts_is_random_affine():
+    x = _stroke()
+    distorted = random_distortion(x, max_rotate=20.0, generator=torch.Generator().manual_seed(3))
+    affine_only = random_affine(x, max_rotate=20.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(distorted, affine_only)
+    stroked = random_distortion(x, max_rotate=20.0, max_stroke_change=0.5, elastic_alpha=5.0,
+                                generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(stroked, affine_only)
+    sampler = AugmentedSampler(EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0), seed=1, elastic_alpha=3.0)
+    assert sampler.sample(1).support_x.shape == (1, 6, 1, 8, 8)
+    with pytest.raises(ValueError, match="elastic_alpha must be a finite number >= 0"):
+        AugmentedSampler(EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0), elastic_alpha=-1.0)

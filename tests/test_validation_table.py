@@ -34,7 +34,7 @@ from mlhelpers.checkpoint import (
 )
 from mlhelpers.config import QUICK_ENV_VAR, quick_mode, set_quick_mode
 from mlhelpers.darts import MixedOp, SearchNetwork, architecture_gradient, mutate_architecture, regularized_evolution
-from mlhelpers.data.augment import random_affine, shifted_copies
+from mlhelpers.data.augment import random_affine, random_elastic, random_stroke_width, shifted_copies
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.ratings import load_movielens
@@ -74,6 +74,7 @@ from mlhelpers.samplers.pairs import PairSampler
 from mlhelpers.samplers.ratings import RatingTasks
 from mlhelpers.samplers.regression import LinearTasks, SinusoidTasks
 from mlhelpers.samplers.stream import DriftingSinusoidTasks, ReplaySampler
+from mlhelpers.samplers.wrappers import AugmentedSampler
 from mlhelpers.seeding import seed_everything
 from mlhelpers.sequences import offset_labels
 from mlhelpers.tasks import Task
@@ -377,6 +378,10 @@ TRIGGERS: dict[str, Callable] = {
     "gradient-recipe-n-way": lambda: gradient_recipe.train_gradient_learner(load_omniglot(), "MAML", 10, steps=1),
     "augment-shape": lambda: shifted_copies(torch.zeros(5)),
     "augment-p-each": lambda: random_affine(torch.zeros(1, 1, 4, 4), p_each=1.5),
+    "augment-stroke-change": lambda: random_stroke_width(torch.zeros(1, 1, 4, 4), 1.5),
+    "augment-elastic-sigma": lambda: random_elastic(torch.zeros(1, 1, 4, 4), 1.0, sigma=0.0),
+    "augment-sampler-elastic": lambda: AugmentedSampler(EpisodicSampler(load_omniglot(), 3, 1, 1, "train", seed=0),
+                                                        elastic_alpha=-1.0),
     "hpo-report-every": lambda: learner_objective(lambda t: None, _train_sampler(), _train_sampler(), steps=4,
                                                   report_every=0),
     "hpo-build": lambda: learner_objective("conv4", _train_sampler(), _train_sampler(), steps=4, report_every=2),

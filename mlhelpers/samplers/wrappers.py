@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mlhelpers.data.augment import random_affine
+from mlhelpers.data.augment import random_distortion
 from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int, describe
@@ -43,20 +43,21 @@ class SamplerWrapper(TaskSampler):
 
 
 class AugmentedSampler(SamplerWrapper):
-    """Every support and query image gets its own :func:`~mlhelpers.data.augment.random_affine`.
+    """Every support and query image gets its own :func:`~mlhelpers.data.augment.random_distortion`.
 
-    Keyword arguments are passed to ``random_affine``. The inner sampler draws on the CPU; this
-    one moves the batch to the device.
+    Keyword arguments are passed to ``random_distortion``: those of ``random_affine`` and the
+    stroke-level ``max_stroke_change``, ``elastic_alpha``, ``elastic_sigma`` (off by default). The
+    inner sampler draws on the CPU; this one moves the batch to the device.
     """
 
-    def __init__(self, sampler: TaskSampler, seed: int | None = None, **affine_kwargs: float) -> None:
+    def __init__(self, sampler: TaskSampler, seed: int | None = None, **distortion_kwargs: float) -> None:
         super().__init__(sampler, seed)
-        self.affine_kwargs = affine_kwargs
-        random_affine(torch.zeros(1, 1, 4, 4), **affine_kwargs)  # check the arguments now
+        self.distortion_kwargs = distortion_kwargs
+        random_distortion(torch.zeros(1, 1, 4, 4), **distortion_kwargs)  # check the arguments now
 
     def _sample(self, num_tasks: int) -> Task:
         task = self.sampler._sample(num_tasks)
-        warp = lambda x: random_affine(x, generator=self.generator, **self.affine_kwargs)  # noqa: E731
+        warp = lambda x: random_distortion(x, generator=self.generator, **self.distortion_kwargs)  # noqa: E731
         return Task(support_x=warp(task.support_x), support_y=task.support_y,
                     query_x=warp(task.query_x), query_y=task.query_y, info=task.info)
 
