@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mlhelpers.data.labelled import LabelledDataset
+from mlhelpers.distillation import Distillation
 from mlhelpers.evaluation import EvalResult, evaluate
 from mlhelpers.learners.base import MetaLearner
 from mlhelpers.learners.ensemble import EnsembleProtoNet
@@ -81,6 +82,7 @@ def train_member(
     val_episodes: int = 300,
     progress: bool = True,
     backbone: nn.Module | None = None,
+    teacher: EnsembleProtoNet | None = None,
 ) -> nn.Module:
     """Meta-train one ProtoNet backbone (conv4) with the protocol of Snell et al. 2017; return it in eval mode.
 
@@ -94,6 +96,8 @@ def train_member(
     meta-validation episodes is shown; validation does not change the result. ``backbone`` (a conv4 of
     ``hidden_channels`` channels, e.g. one pre-trained by
     :func:`~mlhelpers.pretraining.pretrain_classifier`) is meta-trained in place instead of a fresh one.
+    With a ``teacher`` the network is distilled instead: trained on the same episodes to give the
+    teacher's query class probabilities (:class:`~mlhelpers.distillation.Distillation`).
     """
     if distortion and not augment:
         raise ValueError(f"distortion={distortion} sets the strength of augmentation, but augment=False")
@@ -101,6 +105,7 @@ def train_member(
     if backbone is None:
         backbone = conv4(hidden_channels=hidden_channels, norm="batch")
     learner = ProtoNet(backbone.train())
+    trained = learner if teacher is None else Distillation(learner, teacher)
     sampler = EpisodicSampler(omniglot, n_way, k_shot, q_query, split, rotations=True,
                               seed=seed + EPISODE_SEED_OFFSET)
     if augment:
@@ -109,7 +114,7 @@ def train_member(
     scheduler = lr_schedule(optimizer, steps, schedule)
     validation = {} if val_every is None else {
         "val_sampler": within_sampler(omniglot, "val", VAL_SEED), "val_every": val_every, "val_episodes": val_episodes}
-    meta_train(learner, sampler, steps=steps, meta_batch_size=1, optimizer=optimizer, scheduler=scheduler,
+    meta_train(trained, sampler, steps=steps, meta_batch_size=1, optimizer=optimizer, scheduler=scheduler,
                progress=progress, **validation)
     return backbone.eval()
 

@@ -71,7 +71,7 @@ from torch import nn
 
 import mlhelpers
 from mlhelpers import budget, diagrams, pretrained, quick_mode, recipe, seed_everything
-from mlhelpers.data.augment import KOCH_DISTORTION, random_affine
+from mlhelpers.data.augment import KOCH_DISTORTION, random_affine, random_elastic, random_stroke_width
 from mlhelpers.data.omniglot import load_omniglot
 from mlhelpers.display import markdown_table
 from mlhelpers.embedding_cache import EmbeddingCache, cached
@@ -537,8 +537,8 @@ if not quick_mode():  # the reading of the table below
 #   and average the five embeddings;
 # - **ensembling**: average the class probabilities of three such augmented networks, trained from
 #   different random initialisations on different random episodes;
-# - **resolution, a longer run, a wider network, stronger augmentation, pre-training**: measured
-#   by a script, after the table below.
+# - **resolution, a longer run, a wider network, stronger or stroke-level augmentation,
+#   pre-training**: measured by a script, after the table below.
 #
 # Here is what augmentation does to one drawing:
 
@@ -595,7 +595,7 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 # %% [markdown]
 # ### More levers, measured by a script
 #
-# Five more levers take longer than this chapter may, so `scripts/omniglot_levers.py` measured
+# The levers below take longer than this chapter may, so `scripts/omniglot_levers.py` measured
 # them, one training run per command, and stored what it measured in
 # `notebooks/results/omniglot_levers.json`, which the cell below loads. Each row changes one thing
 # in one member of the shipped recipe (one network, its member seed, 4,000 steps, no test-time
@@ -607,6 +607,10 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 # - `--steps`: a longer schedule (the cosine decay stretched over it);
 # - `--channels`: a wider backbone (conv4 with more channels per layer);
 # - `--distortion-scale`: the augmentation's distortions scaled up, or switched off (0);
+# - `--stroke-change`, `--elastic-alpha`: stroke-level augmentation on top of the affine one:
+#   strokes thickened or thinned by up to a fraction of a pixel (`random_stroke_width`), or bent by
+#   a smooth random displacement field (`random_elastic`, the elastic distortion of Simard et al.
+#   2003), as the next figure shows;
 # - `--pretrain-steps`: first train the backbone as an ordinary classifier of all meta-training
 #   classes (rotations as classes, as section 4.4's nearest-centroid baseline is trained), then
 #   meta-train it as usual (Chen et al. 2019; Tian et al. 2020).
@@ -614,6 +618,21 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 # The row without flags is the shipped recipe itself, retrained: the reference the others are
 # measured against. CPU seconds are comparable only between rows run on the same CPU, so each row
 # is set against the reference run on its own CPU.
+
+# %%
+STROKE_CHANGE, ELASTIC_ALPHA = 0.5, 16.0  # the settings of the two stroke-level rows below
+g = torch.Generator().manual_seed(0)
+stroke_views = [("original", drawing[0])]
+stroke_views += [(f"stroke width, up to {STROKE_CHANGE} px", v) for v in random_stroke_width(
+    drawing.expand(3, -1, -1, -1), STROKE_CHANGE, generator=g)]
+stroke_views += [(f"elastic, alpha {ELASTIC_ALPHA:g}", v) for v in random_elastic(
+    drawing.expand(4, -1, -1, -1), ELASTIC_ALPHA, generator=g)]
+fig, axes = plt.subplots(1, 8, figsize=(10, 1.6), layout="constrained")
+for ax, (title, view) in zip(axes, stroke_views):
+    ax.imshow(view[0], cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+plt.show()
 
 # %%
 levers_file = Path("results") / "omniglot_levers.json"

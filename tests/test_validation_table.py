@@ -39,6 +39,7 @@ from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.data.omniglot import load_full_omniglot, load_omniglot, preprocess, preprocess_many
 from mlhelpers.data.ratings import load_movielens
 from mlhelpers.display import markdown_table
+from mlhelpers.distillation import Distillation
 from mlhelpers.evaluation import evaluate, mean_confidence_interval
 from mlhelpers.hpo import learner_objective, open_study, warm_start
 from mlhelpers.learners import (
@@ -378,6 +379,8 @@ TRIGGERS: dict[str, Callable] = {
     "gradient-recipe-n-way": lambda: gradient_recipe.train_gradient_learner(load_omniglot(), "MAML", 10, steps=1),
     "augment-shape": lambda: shifted_copies(torch.zeros(5)),
     "augment-p-each": lambda: random_affine(torch.zeros(1, 1, 4, 4), p_each=1.5),
+    "distillation-student": lambda: Distillation(conv4(), EnsembleProtoNet([conv4()])),
+    "distillation-teacher": lambda: Distillation(ProtoNet(conv4()), ProtoNet(conv4())),
     "augment-stroke-change": lambda: random_stroke_width(torch.zeros(1, 1, 4, 4), 1.5),
     "augment-elastic-sigma": lambda: random_elastic(torch.zeros(1, 1, 4, 4), 1.0, sigma=0.0),
     "augment-sampler-elastic": lambda: AugmentedSampler(EpisodicSampler(load_omniglot(), 3, 1, 1, "train", seed=0),
