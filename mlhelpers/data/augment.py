@@ -135,13 +135,13 @@ def random_stroke_width(x: Tensor, max_change: float, generator: torch.Generator
 
 
 def random_elastic(x: Tensor, alpha: float, sigma: float = 4.0, generator: torch.Generator | None = None) -> Tensor:
-    """Each image of ``x`` ``[..., C, H, W]`` bent by its own random elastic distortion (Simard et al.
-    2003, section 2); same shape.
+    """Each image of ``x`` ``[..., C, H, W]`` bent by its own random elastic distortion (the
+    construction of Simard et al. 2003); same shape.
 
     Every pixel gets a displacement uniform in [-1, 1] on each axis; the field is smoothed by a
-    Gaussian of standard deviation ``sigma`` pixels, scaled by ``alpha`` pixels, and the image is
-    resampled along it (bilinear, zero padding). Simard et al. use ``sigma=4``, ``alpha=34`` on
-    28 x 28 digits. ``alpha = 0`` returns ``x`` unchanged.
+    Gaussian of standard deviation ``sigma`` pixels (larger: smoother, closer to a shift), scaled by
+    ``alpha`` pixels, and the image is resampled along it (bilinear, zero padding). ``alpha = 0``
+    returns ``x`` unchanged; Chapter 4 shows what ``alpha=16`` does to a 28 x 28 drawing.
     """
     _check_amount("alpha", alpha)
     _check_amount("sigma", sigma)
