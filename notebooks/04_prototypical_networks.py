@@ -605,7 +605,7 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 #
 # - `--size`: input resolution. The drawings are 105 x 105 and the shipped data are their 28 x 28
 #   area averages; the script rebuilds the data at another size from the two minimal-set zips with
-#   the same averaging (and checks that at 28 it rebuilds exactly the shipped images);
+#   the same averaging (and checks that at 28 it rebuilds the shipped images, to within rounding);
 # - `--steps`: a longer schedule (the cosine decay stretched over it);
 # - `--channels`: a wider backbone (conv4 with more channels per layer);
 # - `--distortion-scale`: the augmentation's distortions scaled up, or switched off (0);
@@ -621,7 +621,7 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 #   ensemble without its shifted views). This lever is for speed: the shipped learner runs 15
 #   forward passes per image (3 networks x 5 views), a distilled network one.
 #
-# The row without flags is the shipped recipe itself, retrained: the reference the others are
+# The row `--size 28` alone is the shipped recipe itself, retrained: the reference the others are
 # measured against. CPU seconds are comparable only between rows run on the same CPU, so each row
 # is set against the reference run on its own CPU.
 
