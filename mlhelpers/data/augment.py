@@ -54,6 +54,17 @@ raw image, each part applied with probability 0.5. (They draw scale and shear pe
 scale and one shear per image.) Chapter 4 trains its Siamese networks with it."""
 
 
+def _check_amount(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _flat_images(x: Tensor) -> Tensor:
+    if x.dim() < 3:
+        raise ValueError(f"x must be [..., C, H, W], got shape {tuple(x.shape)}")
+    return x.reshape(-1, *x.shape[-3:])
+
+
 def random_affine(
     x: Tensor,
     *,
@@ -78,8 +89,7 @@ def random_affine(
     """
     for name, value in (("max_rotate", max_rotate), ("max_scale", max_scale), ("max_shift", max_shift),
                         ("max_shear", max_shear)):
-        if not (isinstance(value, (int, float)) and 0 <= value and math.isfinite(value)):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        _check_amount(name, value)
     if max_scale >= 1:
         raise ValueError(f"max_scale must be below 1, got {max_scale!r}")
     if isinstance(p_each, bool) or not isinstance(p_each, (int, float)) or not 0 <= p_each <= 1:
@@ -100,17 +110,6 @@ def random_affine(
         uniform(max_shear),
     )
     return affine(x, theta)
-
-
-def _check_amount(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _flat_images(x: Tensor) -> Tensor:
-    if x.dim() < 3:
-        raise ValueError(f"x must be [..., C, H, W], got shape {tuple(x.shape)}")
-    return x.reshape(-1, *x.shape[-3:])
 
 
 def random_stroke_width(x: Tensor, max_change: float, generator: torch.Generator | None = None) -> Tensor:
