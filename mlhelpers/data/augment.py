@@ -17,6 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _flat_images(x: Tensor) -> Tensor:
+    if x.dim() < 3:
+        raise ValueError(f"x must be [..., C, H, W], got shape {tuple(x.shape)}")
+    return x.reshape(-1, *x.shape[-3:])
+
+
 def affine(x: Tensor, theta: Tensor) -> Tensor:
     """Warp images ``x`` ``[..., C, H, W]`` with affine maps ``theta`` ``[..., 2, 3]``.
 
@@ -24,13 +30,11 @@ def affine(x: Tensor, theta: Tensor) -> Tensor:
     :func:`torch.nn.functional.affine_grid`): output pixel ``p`` reads input pixel ``theta @ [p, 1]``.
     The leading dimensions of ``theta`` must match those of ``x`` (or be ``[2, 3]`` for one map).
     """
-    if x.dim() < 3:
-        raise ValueError(f"x must be [..., C, H, W], got shape {tuple(x.shape)}")
+    flat = _flat_images(x)
     lead = x.shape[:-3]
     if theta.shape[-2:] != (2, 3):
         raise ValueError(f"theta must be [..., 2, 3], got shape {tuple(theta.shape)}")
     theta = theta.to(x.dtype).expand(*lead, 2, 3)
-    flat = x.reshape(-1, *x.shape[-3:])
     grid = F.affine_grid(theta.reshape(-1, 2, 3), list(flat.shape), align_corners=False)
     out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.reshape(x.shape)
@@ -57,12 +61,6 @@ scale and one shear per image.) Chapter 4 trains its Siamese networks with it.""
 def _check_amount(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def _flat_images(x: Tensor) -> Tensor:
-    if x.dim() < 3:
-        raise ValueError(f"x must be [..., C, H, W], got shape {tuple(x.shape)}")
-    return x.reshape(-1, *x.shape[-3:])
 
 
 def random_affine(
