@@ -13,11 +13,16 @@ ours, the CPU time, the peak resident memory a step adds (``VmHWM`` after a rese
 meta-gradient difference from the plain loop (relative
 to the largest gradient entry), and the fraction of the machine's arithmetic peak that our
 learner reaches (FLOPs counted by ``torch.utils.flop_counter``; peak = the measured rate of a
-large float32 matrix product with all threads). One more row, ``floor``, is a lower bound rather
-than an implementation: the forward and backward pass over every task's query set with the
-initial weights and no adaptation, which every meta-step does too (with adapted weights). Chapter 3
-reads the summary, and the appendix notebook "Under the hood" explains what is compared and shows
-the table it writes.
+large float32 matrix product with all threads). Our learner runs with each of its CPU
+strategies: ``threads``, ``loop`` and ``auto`` (the default, which times the other two in its
+first meta-step, the warm-up here, and reports its choice). Two rows, ``floor`` and
+``floor-threads``, are lower bounds rather than implementations: the forward and backward pass
+over every task's query set with the initial weights and no adaptation, which every meta-step does
+too (with adapted weights), computed as the loop and as the threads strategy compute it. Two rows
+marked "tried" are candidates measured for issue 23 and not adopted: the support passes of all
+tasks batched by ``vmap``, and ``torch.compile`` of each task's meta-gradient (its compile time,
+in the warm-up, is reported separately). Chapter 3 reads the summary, and the appendix notebook
+"Under the hood" explains what is compared and shows the table it writes.
 
 Peers are installed on first use into ``bench/.peers`` (pip ``--target``: a separate directory
 on the peers' ``sys.path`` only, never the book's environment). learn2learn 0.2.0 ships C sources
@@ -58,15 +63,21 @@ PEER_GOAL = 1.3  # ours at least this much faster than the fastest peer (issue 2
 BOUND_GOAL = {"so1": 1.1, "so5": 1.3}  # second order: ours at most this times the query-pass bound
 IMPLEMENTATIONS = {  # key: (label, needs peers on the path)
     "ours": ("mlhelpers MAML (strategy threads)", False),
-    "ours-loop": ("mlhelpers MAML (strategy loop, the default)", False),
-    "floor": ("bound: the query pass alone, no adaptation", False),
+    "ours-loop": ("mlhelpers MAML (strategy loop)", False),
+    "ours-auto": ("mlhelpers MAML (strategy auto, the default)", False),
+    "floor": ("bound: the query pass alone (no adaptation), task after task", False),
+    "floor-threads": ("bound: the query pass alone (no adaptation), tasks in threads", False),
+    "vmap-support": ("tried: support passes batched by vmap, query passes per task", False),
+    "compiled": ("tried: torch.compile of each task's meta-gradient", False),
     "plain": ("plain per-task torch.autograd loop", False),
     "plain-1t": ("plain per-task loop, one thread", False),
     "higher": ("higher 0.2.1", True),
     "learn2learn": ("learn2learn 0.2.0", True),
 }
 REFERENCE = "plain"
-BOUND = "floor"  # not an implementation of the meta-step: a lower bound for all of them
+OURS = ("ours", "ours-loop", "ours-auto")  # the helper's strategies; "ours" in the summary: the fastest
+BOUNDS = ("floor", "floor-threads")  # not implementations of the meta-step: lower bounds for them
+TRIED = ("vmap-support", "compiled")  # ways of computing the meta-step that were tried, not in the helper
 INNER_LR = 0.4
 
 # --- what runs in each subprocess -------------------------------------------------------------
@@ -108,6 +119,81 @@ def floor():
         (F.cross_entropy(model(batch.query_x[i]), batch.query_y[i]) / tasks).backward()
 
 
+def make_floor_threads():
+    # The same bound computed as the threads strategy computes: tasks in worker threads of one
+    # intra-op thread each, each task's gradient taken in its thread and summed at the end.
+    from mlhelpers.learners.parallel import map_tasks_in_threads
+
+    def one_task(replica, single):
+        loss = F.cross_entropy(replica(single.query_x[0]), single.query_y[0]) / tasks
+        return torch.autograd.grad(loss, list(replica.parameters()))
+
+    def run():
+        grads = map_tasks_in_threads(one_task, model, batch, torch.get_num_threads())
+        for p, *g in zip(params, *grads):
+            p.grad = torch.stack(g).sum(0)
+    return run
+
+
+def make_vmap_support():
+    # Issue 23's hypothesis: all tasks' support passes as a few large operations (vmap over tasks,
+    # norms as plain tensor operations so that second order is exact), the query passes per task
+    # with the adapted weights as leaves, then one backward pass through the batched support graph.
+    from torch.func import grad, vmap
+    from mlhelpers.learners.functional import with_plain_norms
+    plain_model = with_plain_norms(model)
+    names = [n for n, _ in model.named_parameters()]
+
+    def inner(sx, sy):
+        fast = dict(model.named_parameters())
+        for _ in range(steps):
+            g = grad(lambda f: F.cross_entropy(functional_call(plain_model, f, (sx,)), sy))(fast)
+            if first_order:
+                g = {n: v.detach() for n, v in g.items()}
+            fast = {n: fast[n] - alpha * g[n] for n in names}
+        return fast
+
+    def run():
+        fast = vmap(inner, randomness="different")(batch.support_x, batch.support_y)
+        query_grads = []
+        for i in range(tasks):
+            leaves = [fast[n][i].detach().requires_grad_() for n in names]
+            loss = F.cross_entropy(functional_call(model, dict(zip(names, leaves)), (batch.query_x[i],)),
+                                   batch.query_y[i]) / tasks
+            query_grads.append(torch.autograd.grad(loss, leaves))
+        torch.autograd.backward([fast[n] for n in names], [torch.stack(g) for g in zip(*query_grads)])
+    return run
+
+
+def make_compiled():
+    # torch.compile (inductor, C++ kernels on the CPU) of one task's meta-gradient written with
+    # torch.func (the inner steps' gradients nested in the outer one), per task; compiled in the warm-up.
+    from torch.func import grad, grad_and_value
+    names = [n for n, _ in model.named_parameters()]
+
+    def task_meta_loss(theta, sx, sy, qx, qy):
+        fast = theta
+        for _ in range(steps):
+            g = grad(lambda f: F.cross_entropy(functional_call(model, f, (sx,)), sy))(fast)
+            if first_order:
+                g = {n: v.detach() for n, v in g.items()}
+            fast = {n: fast[n] - alpha * g[n] for n in names}
+        return F.cross_entropy(functional_call(model, fast, (qx,)), qy)
+
+    meta_gradient = torch.compile(grad_and_value(task_meta_loss), dynamic=False)
+
+    def run():
+        theta = {n: p.detach() for n, p in model.named_parameters()}
+        total = {n: torch.zeros_like(p) for n, p in theta.items()}
+        for i in range(tasks):
+            g, _ = meta_gradient(theta, batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
+            for n in names:
+                total[n] += g[n]
+        for n, p in model.named_parameters():
+            p.grad = total[n] / tasks
+    return run
+
+
 def make_higher():
     import higher
     inner_opt = torch.optim.SGD(model.parameters(), lr=alpha)
@@ -135,7 +221,11 @@ def make_learn2learn():
     return run
 
 
+learner = None
+
+
 def make_ours(strategy):
+    global learner
     learner = MAML(model, inner_lr=alpha, inner_steps=steps, first_order=first_order, strategy=strategy)
     return lambda: learner.meta_loss(batch).backward()
 
@@ -144,7 +234,8 @@ if impl == "plain-1t":
     torch.set_num_threads(1)
 run = {"plain": lambda: plain, "plain-1t": lambda: plain, "higher": make_higher, "learn2learn": make_learn2learn,
        "ours": lambda: make_ours("threads"), "ours-loop": lambda: make_ours("loop"),
-       "floor": lambda: floor}[impl]()
+       "ours-auto": lambda: make_ours("auto"), "floor": lambda: floor, "floor-threads": make_floor_threads,
+       "vmap-support": make_vmap_support, "compiled": make_compiled}[impl]()
 
 
 def step():
@@ -157,7 +248,10 @@ def kb(field):
     return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1])
 
 
-step()  # warm-up
+warm = time.perf_counter()
+step()  # warm-up (for "auto": timing the loop against threads; for "compiled": compiling)
+warm_up = time.perf_counter() - warm
+chosen = learner.measured_strategy if impl == "ours-auto" else None
 if repeats == 0:  # memory run: one step, with freed memory handed back to the system at once
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident set size
@@ -173,12 +267,13 @@ for _ in range(repeats):
     cpu.append(time.process_time() - c)
 torch.save([p.grad for p in params], out + ".pt")
 flops = None
-if impl == "ours-loop":  # count the arithmetic once, on the single-threaded reference path
+if impl in ("ours-loop", "floor"):  # count the arithmetic of a meta-step, and of the bound
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
-json.dump({"wall": wall, "cpu": cpu, "flops": flops, "threads": torch.get_num_threads()}, open(out + ".json", "w"))
+json.dump({"wall": wall, "cpu": cpu, "flops": flops, "threads": torch.get_num_threads(), "warm_up": warm_up,
+           "chosen": chosen}, open(out + ".json", "w"))
 '''
 
 PEAK = r'''
@@ -326,7 +421,7 @@ def main() -> None:
                       f"({time.perf_counter() - start:.0f} s with warm-up)", flush=True)
             for impl in impls:
                 r = results[setting, impl]
-                r["grad_diff"] = 0.0 if impl == REFERENCE else None if impl == BOUND else \
+                r["grad_diff"] = 0.0 if impl == REFERENCE else None if impl in BOUNDS else \
                     max_relative_difference(r["grads_file"], results[setting, REFERENCE]["grads_file"])
             for impl in impls:
                 results[setting, impl].pop("grads_file", None)
@@ -335,27 +430,40 @@ def main() -> None:
     header = ["setting", "implementation", "wall s / step", "x ours", "CPU s / step", "peak memory MB",
               "max grad diff", "share of peak"]
     rows, summary = [], []
-    ours_keys = [key for key in ("ours", "ours-loop") if key in impls]
+    ours_keys = [key for key in OURS if key in impls]
     for setting in settings:
         walls = {impl: statistics.mean(results[setting, impl]["wall"]) for impl in impls}
         best_ours = min(ours_keys, key=walls.get)
-        peers = [impl for impl in impls if impl not in ours_keys and impl != BOUND]
+        peers = [impl for impl in impls if impl not in (*OURS, *BOUNDS, *TRIED)]
         fastest_peer = min(peers, key=walls.get)
         flops = results[setting, "ours-loop"]["flops"]
         for impl in impls:
             r = results[setting, impl]
-            rows.append([SETTINGS[setting][0], IMPLEMENTATIONS[impl][0], f"{walls[impl]:.2f}",
+            label = IMPLEMENTATIONS[impl][0] + (f": chose {r['chosen']}" if r.get("chosen") else "")
+            rows.append([SETTINGS[setting][0], label, f"{walls[impl]:.2f}",
                          f"{walls[impl] / walls[best_ours]:.2f}", f"{statistics.mean(r['cpu']):.2f}",
-                         f"{r['peak_mb']:.0f}", "-" if impl == BOUND else f"{r['grad_diff']:.1e}",
-                         "-" if impl == BOUND else f"{flops / walls[impl] / peak:.0%}"])
-        bound_goal = f" (goal: {BOUND_GOAL[setting]}x)" if setting in BOUND_GOAL else ""
-        summary.append(f"{SETTINGS[setting][0]}: fastest peer {IMPLEMENTATIONS[fastest_peer][0]} "
-                       f"{walls[fastest_peer]:.2f} s, ours ({IMPLEMENTATIONS[best_ours][0]}) {walls[best_ours]:.2f} s: "
-                       f"{walls[fastest_peer] / walls[best_ours]:.2f}x ahead (goal: {PEER_GOAL}x, that is "
-                       f"{walls[fastest_peer] / PEER_GOAL:.2f} s)." + (
-                           f" The query pass alone, without adaptation, takes {walls[BOUND]:.2f} s: ours is "
-                           f"{walls[best_ours] / walls[BOUND]:.2f}x the bound{bound_goal}."
-                           if BOUND in impls else ""))
+                         f"{r['peak_mb']:.0f}", "-" if impl in BOUNDS else f"{r['grad_diff']:.1e}",
+                         "-" if impl in BOUNDS else f"{flops / walls[impl] / peak:.0%}"])
+        line = (f"{SETTINGS[setting][0]}: fastest peer {IMPLEMENTATIONS[fastest_peer][0]} {walls[fastest_peer]:.2f} s, "
+                f"ours ({IMPLEMENTATIONS[best_ours][0]}) {walls[best_ours]:.2f} s: "
+                f"{walls[fastest_peer] / walls[best_ours]:.2f}x ahead (goal: {PEER_GOAL}x, that is "
+                f"{walls[fastest_peer] / PEER_GOAL:.2f} s).")
+        bounds = [b for b in BOUNDS if b in impls]
+        if bounds:
+            bound = min(bounds, key=walls.get)
+            goal = f" (goal: {BOUND_GOAL[setting]}x)" if setting in BOUND_GOAL else ""
+            line += (" The query pass alone, without adaptation, takes "
+                     + " or ".join(f"{walls[b]:.2f} s ({IMPLEMENTATIONS[b][0].split(', ', 1)[-1]})" for b in bounds)
+                     + f": ours is {walls[best_ours] / walls[bound]:.2f}x the faster{goal}.")
+        if "ours-auto" in impls:
+            auto = results[setting, "ours-auto"]
+            line += (f" The default (auto) chose {auto['chosen'] or 'loop'} (its first meta-step, which timed both, "
+                     f"took {auto['warm_up']:.1f} s) and adds {auto['peak_mb']:.0f} MB, "
+                     f"{auto['peak_mb'] / results[setting, REFERENCE]['peak_mb']:.2f}x the plain loop's "
+                     "(goal: at most 2x).")
+        if "compiled" in impls:
+            line += f" torch.compile took {results[setting, 'compiled']['warm_up']:.0f} s (the warm-up step)."
+        summary.append(line)
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                       + ["| " + " | ".join(row) + " |" for row in rows])
     threads = results[settings[0], "ours-loop"]["threads"]
@@ -366,12 +474,17 @@ def main() -> None:
              f"torch {torch_version()}; run at {priority}; load average {load_before:.1f} before and "
              f"{load_after:.1f} after (other jobs sharing the machine slow everything, multi-threaded "
              f"kernels most).",
-             "x ours: wall time relative to the faster of our two strategies (higher is slower). "
+             "x ours: wall time relative to the fastest of the helper's strategies (higher is slower). "
+             "Rows marked tried compute the meta-step in a way the helper does not (they are here because "
+             "they were measured as candidates). "
              "Max grad diff: largest |difference| from the plain loop's meta-gradient over all parameters, relative to "
              "its largest entry (tasks in threads use single-threaded kernels, which sum in another order; in "
              "float64 the tests find the strategies equal to 1e-10). Share of peak: FLOPs of the meta-step "
              + ", ".join(f"({SETTINGS[s][0]}: {results[s, 'ours-loop']['flops'] / 1e9:.0f} GFLOP)" for s in settings)
-             + f" divided by the wall time and by the measured peak of {peak / 1e9:.0f} GFLOP/s."]
+             + f" divided by the wall time and by the measured peak of {peak / 1e9:.0f} GFLOP/s."
+             + (f" The query pass alone does {results[settings[0], 'floor']['flops'] / 1e9:.0f} GFLOP: a meta-step "
+                "could only come within a factor of the bound smaller than the ratio of the two counts by running "
+                "its arithmetic faster than the bound runs its own." if "floor" in impls else "")]
     notes += [" ".join(summary)]
     notes += [f"Skipped {name}: {reason}" for name, reason in skipped.items()]
     text = table + "\n\n" + "\n\n".join(notes) + "\n"

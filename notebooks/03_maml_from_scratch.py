@@ -710,10 +710,10 @@ if bench_file.exists():
     bench_rows = []
     for key, label in (("so1", "second order, 1 inner step"), ("so5", "second order, 5 inner steps"),
                        ("fo1", "first order, 1 inner step")):
-        ours_best = min(wall[key, "ours"], wall[key, "ours-loop"])
+        ours_best = min(wall[key, impl] for impl in ("ours", "ours-loop", "ours-auto") if (key, impl) in wall)
         bench_rows.append([label, f"{ours_best:.2f} s", *[f"{wall[key, impl]:.2f} s" if (key, impl) in wall else "-"
                                                          for impl in ("plain", "higher", "learn2learn")]])
-    display(markdown_table(["setting (32 tasks, 5-way 1-shot, conv4 64 channels)", "helper (faster strategy)",
+    display(markdown_table(["setting (32 tasks, 5-way 1-shot, conv4 64 channels)", "helper (fastest strategy)",
                             "plain loop", "higher", "learn2learn"], bench_rows))
     print(f"Wall-clock seconds per meta-step, read from {bench_file.parent.name}/{bench_file.name} "
           f"(made by: python bench/meta_step.py --high-priority; {bench['repeats']} timed steps each).")

@@ -90,7 +90,13 @@ print(f"mlhelpers {mlhelpers.__version__}, torch {torch.__version__}, Python {pl
 #   replace every norm layer by the same formula written as plain means and products, because
 #   the derivative of PyTorch's fused batch-norm kernel under `vmap` is wrong (Chapter 3,
 #   section 3.4, pitfall 4, shows it).
-# - **`"auto"`** (the default) is `"loop"` on the CPU and `"vmap"` elsewhere.
+# - **`"auto"`** (the default) is `"vmap"` off the CPU. On the CPU it is `"loop"` when PyTorch
+#   has one intra-op thread; with more, the learner times `"loop"` against `"threads"` on its
+#   first meta-batch in training (each twice, in turn, keeping each one's fastest time) and keeps
+#   the faster one, which `learner.measured_strategy` tells (timed again if the thread count
+#   changes). Which one wins depends on the CPU, on its load and on the sizes of the tasks, so
+#   the helper measures rather than guesses. Since the two add up the same numbers in different
+#   orders, name the strategy when a run must be reproducible bit for bit.
 #
 # And there is PyTorch's own way to use several cores: *intra-op* parallelism, where every
 # convolution, batch norm and pooling is split across all threads, which meet at the end of each
@@ -171,14 +177,16 @@ display(Markdown(
 # happens to be free for it, and what the jobs share is CPU time. The table shows what a second
 # thread cost in CPU time for what it gained in wall-clock time on this run. The chapters
 # therefore call `torch.set_num_threads(1)` and spend their CPU time on one thread each. On your
-# own machine, with idle cores, try `strategy="threads"` or more intra-op threads, and measure:
-# which one wins depends on the CPU and on its load.
+# own machine, with idle cores, leave PyTorch its default thread count and the learner its
+# default `strategy="auto"`, which measures the loop against threads on your CPU, or measure
+# yourself as above: which one wins depends on the CPU and on its load.
 #
 # ### The committed benchmark: the helper against a plain loop, `higher` and `learn2learn`
 #
 # `bench/meta_step.py` makes the same comparison at the size of Finn et al.'s Omniglot setting
 # (conv4 with 64 channels, 32 tasks of 5-way 1-shot with 15 queries per class; second order with
-# one and with five inner steps, and first order), for both of the helper's CPU strategies, a
+# one and with five inner steps, and first order), for each of the helper's CPU strategies (loop,
+# threads, and auto with the choice it made), a
 # plain per-task `torch.autograd` loop (with PyTorch's default thread count, and single-threaded),
 # and the two libraries people use for MAML in PyTorch, `higher` and `learn2learn`, each in a
 # fresh process on the same weights and tasks. It checks that all compute the same meta-gradient,
@@ -187,7 +195,12 @@ display(Markdown(
 # product). One row is not a meta-step but a **bound**: the forward and backward pass over the
 # query sets alone, with no adaptation at all, which every implementation has to do (with adapted
 # weights) on top of its inner loop; it runs the same kernels for everybody, so it says how much
-# room for speed-up there is at all. The benchmark takes about a quarter of an hour, so it runs
+# room for speed-up there is at all. It is computed twice, task after task and with tasks in
+# threads, because the threads strategy does its query passes the second way. Two more rows are
+# marked *tried*: ways of computing the meta-step that were measured as candidates and not
+# adopted, all of a meta-batch's support passes batched by `vmap` (the support sets are small, so
+# one might expect their many small operations to gain from becoming a few large ones) and
+# `torch.compile` of each task's meta-gradient. The benchmark takes about a quarter of an hour, so it runs
 # outside the notebooks, `python bench/meta_step.py --high-priority` from a clone of the repository
 # (`bench/README.md`; the flag lets it run ahead of other jobs on a shared machine), and its results
 # are committed with the CPU, PyTorch version and load they were measured under. The cell below
@@ -211,6 +224,31 @@ if bench_md.exists():
         f"as its gradient is taken. At second order with one inner step the helper's loop adds "
         f"{peak['so1', 'ours-loop']:.0f} MB to the process and the plain loop {peak['so1', 'plain']:.0f} MB, "
         f"while the bound (the query passes alone) adds {peak['so1', 'floor']:.0f} MB."))
+
+# %% [markdown]
+# And the two tried rows, read from the same file: how each candidate compared with the helper's
+# fastest strategy in every setting, and how far its meta-gradient was from the plain loop's.
+
+# %%
+if bench_md.exists():
+    committed = json.loads(bench_md.with_suffix(".json").read_text())["results"]
+    row = {(r["setting"], r["implementation"]): r for r in committed}
+    wall = {key: sum(r["wall"]) / len(r["wall"]) for key, r in row.items()}
+    settings = {"so1": "second order, one inner step", "so5": "second order, five inner steps",
+                "fo1": "first order, one inner step"}
+    sentences = []
+    for key, label in settings.items():
+        ours = min(("ours", "ours-loop", "ours-auto"), key=lambda impl: wall.get((key, impl), float("inf")))
+        parts = []
+        if (key, "vmap-support") in wall:
+            parts.append(f"the batched support passes {wall[key, 'vmap-support']:.2f} s")
+        if (key, "compiled") in wall:
+            parts.append(f"`torch.compile` {wall[key, 'compiled']:.2f} s (after {row[key, 'compiled']['warm_up']:.0f} s "
+                         f"of compiling; meta-gradient off by {row[key, 'compiled']['grad_diff']:.0e} of its largest "
+                         "entry)")
+        if parts and (key, ours) in wall:
+            sentences.append(f"{label}: the helper {wall[key, ours]:.2f} s, " + ", ".join(parts) + ".")
+    display(Markdown(" ".join(sentences) if sentences else "The committed results have no tried rows."))
 
 # %% [markdown]
 # ## A.2 How Chapter 3 measures a meta-step, and why in a fresh process

@@ -4,6 +4,7 @@ loop against vmap and threads (with and without batch norm), and the behaviour t
 from __future__ import annotations
 
 import copy
+import time
 import weakref
 
 import pytest
@@ -13,7 +14,8 @@ from torch.func import functional_call
 
 from conftest import make_dataset
 from mlhelpers.evaluation import evaluate
-from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile, task_loss
+from mlhelpers.learners import ANIL, MAML, MetaSGD, Reptile, parallel, task_loss
+from mlhelpers.learners import maml as maml_module
 from mlhelpers.learners.functional import PlainNorm, resolve_strategy, with_plain_norms
 from mlhelpers.models import conv4, mlp
 from mlhelpers.samplers.episodic import EpisodicSampler
@@ -351,6 +353,65 @@ def test_auto_strategy_follows_the_device():
     assert resolve_strategy("vmap", torch.device("cpu")) == "vmap"
     assert resolve_strategy("threads", torch.device("cpu")) == "threads"
     assert MAML(mlp(1, 1)).resolved_strategy(torch.device("cpu")) == "loop"
+
+
+def test_auto_times_loop_and_threads_once_and_keeps_the_meta_gradient(two_threads, monkeypatch):
+    """On a CPU with two intra-op threads, "auto" times the loop against threads on its first training
+    meta-batch (batch norm in the model), delivers the same meta-gradient, and does not time again."""
+    timed = []
+
+    def spy(runs, rounds=2):
+        timed.append(sorted(runs))
+        return parallel.fastest(runs, rounds)
+
+    monkeypatch.setattr(maml_module, "fastest", spy)
+    model, task = small_conv("task"), image_tasks(num_tasks=5)
+    auto = MAML(model, inner_lr=0.1, inner_steps=2)
+    loop = MAML(copy.deepcopy(model), inner_lr=0.1, inner_steps=2, strategy="loop")
+    assert auto.measured_strategy is None
+    a = meta_grad(auto, task)
+    assert timed == [["loop", "threads"]]
+    assert auto.measured_strategy in ("loop", "threads")
+    assert auto.resolved_strategy(torch.device("cpu")) == auto.measured_strategy
+    assert_rel_close(a, meta_grad(loop, task), 1e-10)
+    meta_grad(auto, task)
+    assert len(timed) == 1, "the choice is kept for the learner's later meta-batches"
+    torch.set_num_threads(1)
+    assert auto.measured_strategy is None and auto.resolved_strategy(torch.device("cpu")) == "loop", \
+        "with one intra-op thread there is nothing to choose: the loop"
+    meta_grad(auto, task)
+    assert len(timed) == 1, "one thread: no timing"
+
+
+def test_auto_does_not_time_evaluation_or_single_tasks(two_threads, monkeypatch):
+    monkeypatch.setattr(maml_module, "fastest", lambda runs, rounds=2: pytest.fail("timed strategies"))
+    learner = MAML(small_conv("task"), inner_lr=0.1)
+    learner.meta_loss(image_tasks(num_tasks=1)).backward()  # one task: nothing to batch
+    learner.eval()
+    learner.meta_loss(image_tasks(num_tasks=3))  # evaluation mode
+    with torch.no_grad():
+        learner.train().meta_loss(image_tasks(num_tasks=3))  # no autograd
+    assert learner.measured_strategy is None
+
+
+def test_fastest_chooses_the_quicker_run_and_returns_its_result():
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.02)
+        return "slow result"
+
+    def quick():
+        calls.append("quick")
+        return "quick result"
+
+    assert parallel.fastest({"slow": slow, "quick": quick}, rounds=3) == ("quick", "quick result")
+    assert calls == ["slow", "quick"] * 3, "the runs are taken in turn"
+    with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
+        parallel.fastest({"quick": quick}, rounds=0)
+    with pytest.raises(ValueError, match="runs must name at least one callable"):
+        parallel.fastest({})
 
 
 # --- adaptation and meta-training do their job ---------------------------------------------------

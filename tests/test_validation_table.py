@@ -65,7 +65,7 @@ from mlhelpers.learners import (
     task_metric,
 )
 from mlhelpers.learners.functional import sgd_steps
-from mlhelpers.learners.parallel import map_tasks_in_threads
+from mlhelpers.learners.parallel import fastest, map_tasks_in_threads
 from mlhelpers.models import conv4, mlp
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
@@ -517,6 +517,8 @@ TRIGGERS: dict[str, Callable] = {
     "sgd-steps": lambda: sgd_steps(lambda fast: fast["w"].sum(), {"w": torch.zeros(2, requires_grad=True)},
                                    {"w": 0.1}, -2, create_graph=False, functional=False),
     "parallel-workers": lambda: map_tasks_in_threads(lambda m, t: None, nn.Linear(1, 1), image_task(), 0),
+    "parallel-fastest-rounds": lambda: fastest({"a": lambda: None}, rounds=0),
+    "parallel-fastest-empty": lambda: fastest({}),
     "anil-head": lambda: ANIL(mlp(1, 1), head=9),
     "cavia-num-context": lambda: CAVIA(mlp(1, 1), num_context=0),
     "cavia-film-after": lambda: CAVIA(mlp(1, 1, hidden=(4, 4)), film_after=7, channels=4),

@@ -41,7 +41,11 @@ def check_strategy(strategy: Any) -> str:
 
 
 def resolve_strategy(strategy: str, device: torch.device) -> str:
-    """``"auto"`` becomes ``"loop"`` on the CPU and ``"vmap"`` elsewhere (CUDA, MPS)."""
+    """``"auto"`` becomes ``"loop"`` on the CPU and ``"vmap"`` elsewhere (CUDA, MPS).
+
+    The gradient learners refine ``"auto"`` on a CPU with several intra-op threads by timing the
+    loop against threads (:attr:`~mlhelpers.learners.maml.GradientLearner.measured_strategy`).
+    """
     if strategy == "auto":
         return "loop" if device.type == "cpu" else "vmap"
     return strategy

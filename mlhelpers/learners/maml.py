@@ -15,8 +15,13 @@ takes ``eval_inner_steps`` steps with the inner gradients as constants.
 task's graph freed once its meta-gradient is taken), ``"threads"`` (the same over worker threads,
 :mod:`~mlhelpers.learners.parallel`), ``"vmap"`` (``torch.func.vmap``; the whole batch's
 graph is kept, so the meta-loss can be differentiated again; second order runs the norms as plain
-tensor operations, :func:`~mlhelpers.learners.functional.with_plain_norms`) or ``"auto"`` (loop on
-the CPU, vmap elsewhere).
+tensor operations, :func:`~mlhelpers.learners.functional.with_plain_norms`) or ``"auto"``: vmap off
+the CPU; on the CPU the loop with one intra-op thread, and with more, whichever of the loop and
+threads was faster when the learner timed both on its first meta-batch in training
+(:attr:`GradientLearner.measured_strategy`; timed again if the thread count changes). Which one
+wins depends on the CPU, its load and the task sizes, so it is measured, not assumed; the two
+differ only in the order of floating-point sums, so for runs reproducible bit for bit name the
+strategy.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from mlhelpers.learners.functional import (
     sgd_steps,
     with_plain_norms,
 )
-from mlhelpers.learners.parallel import per_task_meta_loss, threaded_forward
+from mlhelpers.learners.parallel import fastest, per_task_meta_loss, threaded_forward
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_bool, check_module, check_positive, check_positive_int, check_steps
 
@@ -68,6 +73,7 @@ class GradientLearner(MetaLearner):
         self.eval_inner_steps = None if eval_inner_steps is None else check_steps("eval_inner_steps", eval_inner_steps)
         self.first_order = check_bool("first_order", first_order)
         self.strategy = check_strategy(strategy)
+        self._measured: tuple[int, str] | None = None  # (intra-op threads, strategy) timed by "auto"
 
     # --- what subclasses choose ---------------------------------------------------------------
 
@@ -99,9 +105,24 @@ class GradientLearner(MetaLearner):
             return self.inner_steps
         return self.eval_inner_steps
 
+    @property
+    def measured_strategy(self) -> str | None:
+        """``"loop"`` or ``"threads"``: what ``strategy="auto"`` measured to be faster on the CPU at the
+        current intra-op thread count, or None if it has not timed them (yet, or ever)."""
+        if self._measured is None or self._measured[0] != torch.get_num_threads():
+            return None
+        return self._measured[1]
+
     def resolved_strategy(self, device: torch.device) -> str:
-        """``"loop"``, ``"threads"`` or ``"vmap"``: the strategy, with ``"auto"`` decided by ``device``."""
+        """``"loop"``, ``"threads"`` or ``"vmap"``: the strategy, with ``"auto"`` decided by ``device``
+        (and on the CPU by :attr:`measured_strategy` once it is known)."""
+        if self.strategy == "auto" and device.type == "cpu" and self.measured_strategy is not None:
+            return self.measured_strategy
         return resolve_strategy(self.strategy, device)
+
+    def _should_time_strategies(self, task: Task) -> bool:
+        return (self.strategy == "auto" and task.device.type == "cpu" and len(task) > 1 and self.training
+                and torch.is_grad_enabled() and torch.get_num_threads() > 1 and self.measured_strategy is None)
 
     def _threaded(self, task: Task) -> bool:
         return len(task) > 1 and self.resolved_strategy(task.device) == "threads"
@@ -116,6 +137,12 @@ class GradientLearner(MetaLearner):
         once and its graph freed (task after task, or in worker threads): memory holds one task's
         graph per worker, as a hand-written per-task loop. ``backward()`` on the result delivers the
         same meta-gradient; a second differentiation (``create_graph=True``) needs ``"vmap"``."""
+        if self._should_time_strategies(task):
+            workers = torch.get_num_threads()
+            choice, loss = fastest({"loop": lambda: per_task_meta_loss(self, task, workers=1),
+                                    "threads": lambda: per_task_meta_loss(self, task, workers=workers)})
+            self._measured = (workers, choice)
+            return loss
         strategy = self.resolved_strategy(task.device)
         if len(task) > 1 and torch.is_grad_enabled() and strategy in ("loop", "threads"):
             workers = torch.get_num_threads() if strategy == "threads" else 1

@@ -11,6 +11,9 @@ in ``workers`` Python threads of one intra-op thread each (kernels release the G
   returned mean delivers the mean gradient (the same meta-gradient, with the memory of
   ``workers`` tasks). The ``"loop"`` and ``"threads"`` strategies of the gradient learners use it.
 - :func:`threaded_forward`: outputs ``[tasks, n_query, out]`` computed task by task in workers.
+- :func:`fastest`: which of a few ways of computing the same thing took the least wall-clock time
+  here and now; ``strategy="auto"`` on a CPU with several threads chooses between the loop and
+  threads by it.
 
 Every worker runs its own :func:`~mlhelpers.learners.functional.shallow_replica` of the learner
 (``functional_call`` swaps module attributes, which two threads must not do on one module).
@@ -19,7 +22,8 @@ Every worker runs its own :func:`~mlhelpers.learners.functional.shallow_replica`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -122,3 +126,24 @@ def threaded_forward(learner: MetaLearner, task: Task, workers: int) -> Tensor:
     """``learner._forward(task)`` ``[tasks, n_query, out]``, each task adapted and predicted in a worker thread."""
     outputs = map_tasks_in_threads(lambda replica, single: replica._forward(single), learner, task, workers)
     return torch.cat(outputs)
+
+
+def fastest(runs: Mapping[str, Callable[[], R]], rounds: int = 2) -> tuple[str, R]:
+    """The name of the quickest of ``runs`` (zero-argument callables) and the result of its last run.
+
+    The runs are taken in turn, ``rounds`` times over (so that a one-off cost of the first run,
+    such as the allocator's, or a burst of load from another program, does not decide alone); each
+    run's time is its smallest wall-clock time.
+    """
+    check_positive_int("rounds", rounds)
+    if not runs:
+        raise ValueError("runs must name at least one callable to time, got none")
+    best: dict[str, float] = {}
+    results: dict[str, R] = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name] = run()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    name = min(best, key=best.__getitem__)
+    return name, results[name]
