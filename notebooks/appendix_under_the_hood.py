@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 from IPython.display import Markdown, display
+from torch.profiler import ProfilerActivity, profile
 
 import mlhelpers
 from mlhelpers import budget, quick_mode
@@ -200,7 +201,7 @@ display(Markdown(
 # marked *tried*: ways of computing the meta-step that were measured as candidates and not
 # adopted, all of a meta-batch's support passes batched by `vmap` (the support sets are small, so
 # one might expect their many small operations to gain from becoming a few large ones) and
-# `torch.compile` of each task's meta-gradient. The benchmark takes about a quarter of an hour, so it runs
+# `torch.compile` of each task's meta-gradient. The benchmark takes about twenty minutes, so it runs
 # outside the notebooks, `python bench/meta_step.py --high-priority` from a clone of the repository
 # (`bench/README.md`; the flag lets it run ahead of other jobs on a shared machine), and its results
 # are committed with the CPU, PyTorch version and load they were measured under. The cell below
@@ -227,28 +228,90 @@ if bench_md.exists():
 
 # %% [markdown]
 # And the two tried rows, read from the same file: how each candidate compared with the helper's
-# fastest strategy in every setting, and how far its meta-gradient was from the plain loop's.
+# fastest strategy in every setting, what memory it added, and how far its meta-gradient was from
+# the plain loop's.
 
 # %%
 if bench_md.exists():
-    committed = json.loads(bench_md.with_suffix(".json").read_text())["results"]
-    row = {(r["setting"], r["implementation"]): r for r in committed}
+    row = {(r["setting"], r["implementation"]): r
+           for r in json.loads(bench_md.with_suffix(".json").read_text())["results"]}
     wall = {key: sum(r["wall"]) / len(r["wall"]) for key, r in row.items()}
-    settings = {"so1": "second order, one inner step", "so5": "second order, five inner steps",
-                "fo1": "first order, one inner step"}
-    sentences = []
-    for key, label in settings.items():
-        ours = min(("ours", "ours-loop", "ours-auto"), key=lambda impl: wall.get((key, impl), float("inf")))
-        parts = []
-        if (key, "vmap-support") in wall:
-            parts.append(f"the batched support passes {wall[key, 'vmap-support']:.2f} s")
-        if (key, "compiled") in wall:
-            parts.append(f"`torch.compile` {wall[key, 'compiled']:.2f} s (after {row[key, 'compiled']['warm_up']:.0f} s "
-                         f"of compiling; meta-gradient off by {row[key, 'compiled']['grad_diff']:.0e} of its largest "
-                         "entry)")
-        if parts and (key, ours) in wall:
-            sentences.append(f"{label}: the helper {wall[key, ours]:.2f} s, " + ", ".join(parts) + ".")
-    display(Markdown(" ".join(sentences) if sentences else "The committed results have no tried rows."))
+    settings = [key for key in ("so1", "so5", "fo1") if (key, "ours-loop") in row]
+    ours = {key: min((impl for impl in ("ours", "ours-loop", "ours-auto") if (key, impl) in wall),
+                     key=lambda impl: wall[key, impl]) for key in settings}
+    tried_rows = []
+    for impl, label in (("vmap-support", "support passes batched by vmap"), ("compiled", "torch.compile per task")):
+        for key in settings:
+            if (key, impl) in row:
+                r, best = row[key, impl], row[key, ours[key]]
+                tried_rows.append([label, key, f"{wall[key, impl] / wall[key, ours[key]]:.2f}",
+                                   f"{r['peak_mb']:.0f} (helper {best['peak_mb']:.0f})",
+                                   f"{r['grad_diff']:.0e} (helper {best['grad_diff']:.0e})"])
+    if tried_rows:
+        display(markdown_table(["tried", "setting", "time / helper's fastest", "memory MB", "max grad diff"],
+                               tried_rows))
+        print("so1, so5: second order with 1 and 5 inner steps; fo1: first order, 1 step. Read from "
+              f"{bench_md.parent.name}/{bench_md.with_suffix('.json').name}.")
+    else:
+        print("The committed results have no tried rows.")
+
+# %% [markdown]
+# Where does a query pass spend its time? PyTorch's profiler splits the forward and backward pass
+# of a few tasks' query sets (the benchmark's model and sizes, with the initial weights) into the
+# operations it runs:
+
+# %%
+profile_sampler = EpisodicSampler(omniglot, 5, 1, 15, "train", seed=0)
+profile_tasks = profile_sampler.sample(budget(full=8, quick=2))
+torch.manual_seed(0)
+bench_model = conv4(out_features=5, norm="task")
+
+
+def query_passes():
+    for i in range(len(profile_tasks)):
+        torch.nn.functional.cross_entropy(bench_model(profile_tasks.query_x[i]), profile_tasks.query_y[i]).backward()
+
+
+query_passes()  # warm-up
+with profile(activities=[ProfilerActivity.CPU]) as profiled:
+    query_passes()
+self_us = {e.key: e.self_cpu_time_total for e in profiled.key_averages()}
+total_us = sum(self_us.values())
+CONVOLUTION = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::addmm", "aten::mm")
+convolution_share = sum(self_us.get(k, 0) for k in CONVOLUTION) / total_us
+top = sorted(self_us.items(), key=lambda kv: -kv[1])[:8]
+display(markdown_table(["operation", "share of the query passes' CPU time"],
+                       [[name, f"{us / total_us:.0%}"] for name, us in top]))
+print(f"{len(profile_tasks)} tasks, one thread. Convolutions and the linear head (forward and backward): "
+      f"{convolution_share:.0%}; everything else (normalisation, ReLU, pooling, filling): {1 - convolution_share:.0%}.")
+
+# %%
+if tried_rows:
+    def spread(values, fmt):
+        return f"{fmt(min(values))} to {fmt(max(values))}" if len(values) > 1 else fmt(values[0])
+
+    def over(impl, field):
+        return [row[key, impl][field] for key in settings if (key, impl) in row]
+
+    def ratio(impl):
+        return [wall[key, impl] / wall[key, ours[key]] for key in settings if (key, impl) in row]
+
+    helper_diff = max(row[key, ours[key]]["grad_diff"] for key in settings)
+    display(Markdown(
+        f"So the arithmetic of a convolution is only {convolution_share:.0%} of a query pass's time on this run; the "
+        "rest is work on every entry of the activations, with little arithmetic per entry. "
+        "That tells what the tried rows could and could not gain. Batching the support passes by `vmap` took "
+        f"{spread(ratio('vmap-support'), lambda x: f'{x:.2f}')} times the helper's time and added "
+        f"{spread(over('vmap-support', 'peak_mb'), lambda x: f'{x:.0f}')} MB (it keeps the whole meta-batch's "
+        "support graph, which `vmap` makes large). With one inner step the query passes alone take "
+        f"{min(wall['so1', b] for b in ('floor', 'floor-threads') if ('so1', b) in wall) / wall['so1', ours['so1']]:.0%} "
+        "of the helper's meta-step (the bound rows), so the support side has little time to give. "
+        "Compiling can fuse the elementwise work; it took "
+        f"{spread(ratio('compiled'), lambda x: f'{x:.2f}')} times the helper's time after compiling for "
+        f"{spread(over('compiled', 'warm_up'), lambda x: f'{x:.0f}')} s in the warm-up step, and its meta-gradient "
+        "was off by up to "
+        f"{max(over('compiled', 'grad_diff')):.0e} of the largest entry, where the helper's strategies stay within "
+        f"{helper_diff:.0e}. Neither became part of the helper."))
 
 # %% [markdown]
 # ## A.2 How Chapter 3 measures a meta-step, and why in a fresh process
