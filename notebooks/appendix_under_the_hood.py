@@ -243,10 +243,10 @@ if bench_md.exists():
     for impl, label in (("vmap-support", "support passes batched by vmap"), ("compiled", "torch.compile per task")):
         for key in settings:
             if (key, impl) in row:
-                r, best = row[key, impl], row[key, ours[key]]
+                tried, helper = row[key, impl], row[key, ours[key]]
                 tried_rows.append([label, key, f"{wall[key, impl] / wall[key, ours[key]]:.2f}",
-                                   f"{r['peak_mb']:.0f} (helper {best['peak_mb']:.0f})",
-                                   f"{r['grad_diff']:.0e} (helper {best['grad_diff']:.0e})"])
+                                   f"{tried['peak_mb']:.0f} (helper {helper['peak_mb']:.0f})",
+                                   f"{tried['grad_diff']:.0e} (helper {helper['grad_diff']:.0e})"])
     if tried_rows:
         display(markdown_table(["tried", "setting", "time / helper's fastest", "memory MB", "max grad diff"],
                                tried_rows))
@@ -273,8 +273,15 @@ def query_passes():
 
 
 query_passes()  # warm-up
-with profile(activities=[ProfilerActivity.CPU]) as profiled:
-    query_passes()
+# The profiler's C++ library logs its start and stop straight to the process's stderr: silence it.
+quiet, saved_stderr = os.open(os.devnull, os.O_WRONLY), os.dup(2)
+os.dup2(quiet, 2)
+try:
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        query_passes()
+finally:
+    os.dup2(saved_stderr, 2)
+    os.close(quiet), os.close(saved_stderr)
 self_us = {e.key: e.self_cpu_time_total for e in profiled.key_averages()}
 total_us = sum(self_us.values())
 CONVOLUTION = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::addmm", "aten::mm")
@@ -298,12 +305,14 @@ if tried_rows:
 
     helper_diff = max(row[key, ours[key]]["grad_diff"] for key in settings)
     display(Markdown(
-        f"So the arithmetic of a convolution is only {convolution_share:.0%} of a query pass's time on this run; the "
-        "rest is work on every entry of the activations, with little arithmetic per entry. "
+        f"So the convolutions and the head, where the arithmetic is, take only {convolution_share:.0%} of a query "
+        "pass's time on this run; the rest is work on every entry of the activations, with little arithmetic per "
+        "entry. "
         "That tells what the tried rows could and could not gain. Batching the support passes by `vmap` took "
         f"{spread(ratio('vmap-support'), lambda x: f'{x:.2f}')} times the helper's time and added "
-        f"{spread(over('vmap-support', 'peak_mb'), lambda x: f'{x:.0f}')} MB (it keeps the whole meta-batch's "
-        "support graph, which `vmap` makes large). With one inner step the query passes alone take "
+        f"{spread(over('vmap-support', 'peak_mb'), lambda x: f'{x:.0f}')} MB (it keeps the support graph of the "
+        "whole meta-batch to the end, where the helper holds one task's graph per worker). With one inner step the "
+        "query passes alone take "
         f"{min(wall['so1', b] for b in ('floor', 'floor-threads') if ('so1', b) in wall) / wall['so1', ours['so1']]:.0%} "
         "of the helper's meta-step (the bound rows), so the support side has little time to give. "
         "Compiling can fuse the elementwise work; it took "
