@@ -293,7 +293,7 @@ print(f"{len(profile_tasks)} tasks, one thread. Convolutions and the linear head
       f"{convolution_share:.0%}; everything else (normalisation, ReLU, pooling, filling): {1 - convolution_share:.0%}.")
 
 # %%
-if tried_rows:
+if bench_md.exists() and tried_rows:
     def spread(values, fmt):
         return f"{fmt(min(values))} to {fmt(max(values))}" if len(values) > 1 else fmt(values[0])
 
