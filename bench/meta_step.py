@@ -99,6 +99,7 @@ torch.manual_seed(0)
 model = conv4(out_features=5, norm="task")
 batch = EpisodicSampler(load_omniglot(), 5, 1, 15, "train", seed=0).sample(tasks)
 params = list(model.parameters())
+names = [n for n, _ in model.named_parameters()]
 
 
 def plain():
@@ -117,6 +118,17 @@ def floor():
     # weights, which every implementation must do (with adapted weights). A lower bound.
     for i in range(tasks):
         (F.cross_entropy(model(batch.query_x[i]), batch.query_y[i]) / tasks).backward()
+
+
+def functional_inner_loop(net, fast, sx, sy):
+    # One task's inner loop written with torch.func.grad (works under vmap and torch.compile).
+    from torch.func import grad
+    for _ in range(steps):
+        g = grad(lambda f: F.cross_entropy(functional_call(net, f, (sx,)), sy))(fast)
+        if first_order:
+            g = {n: v.detach() for n, v in g.items()}
+        fast = {n: fast[n] - alpha * g[n] for n in names}
+    return fast
 
 
 def make_floor_threads():
@@ -139,19 +151,12 @@ def make_vmap_support():
     # Issue 23's hypothesis: all tasks' support passes as a few large operations (vmap over tasks,
     # norms as plain tensor operations so that second order is exact), the query passes per task
     # with the adapted weights as leaves, then one backward pass through the batched support graph.
-    from torch.func import grad, vmap
+    from torch.func import vmap
     from mlhelpers.learners.functional import with_plain_norms
     plain_model = with_plain_norms(model)
-    names = [n for n, _ in model.named_parameters()]
 
     def inner(sx, sy):
-        fast = dict(model.named_parameters())
-        for _ in range(steps):
-            g = grad(lambda f: F.cross_entropy(functional_call(plain_model, f, (sx,)), sy))(fast)
-            if first_order:
-                g = {n: v.detach() for n, v in g.items()}
-            fast = {n: fast[n] - alpha * g[n] for n in names}
-        return fast
+        return functional_inner_loop(plain_model, dict(model.named_parameters()), sx, sy)
 
     def run():
         fast = vmap(inner, randomness="different")(batch.support_x, batch.support_y)
@@ -168,16 +173,10 @@ def make_vmap_support():
 def make_compiled():
     # torch.compile (inductor, C++ kernels on the CPU) of one task's meta-gradient written with
     # torch.func (the inner steps' gradients nested in the outer one), per task; compiled in the warm-up.
-    from torch.func import grad, grad_and_value
-    names = [n for n, _ in model.named_parameters()]
+    from torch.func import grad_and_value
 
     def task_meta_loss(theta, sx, sy, qx, qy):
-        fast = theta
-        for _ in range(steps):
-            g = grad(lambda f: F.cross_entropy(functional_call(model, f, (sx,)), sy))(fast)
-            if first_order:
-                g = {n: v.detach() for n, v in g.items()}
-            fast = {n: fast[n] - alpha * g[n] for n in names}
+        fast = functional_inner_loop(model, theta, sx, sy)
         return F.cross_entropy(functional_call(model, fast, (qx,)), qy)
 
     meta_gradient = torch.compile(grad_and_value(task_meta_loss), dynamic=False)
