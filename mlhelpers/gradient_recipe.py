@@ -40,25 +40,31 @@ OUTER_LR = 1e-3
 
 
 def make_gradient_learner(name: str, n_way: int, *, inner_lr: float = INNER_LR, inner_steps: int | None = None,
-                          use_query: bool = False) -> MetaLearner:
+                          use_query: bool = False, eval_inner_steps: int = TEST_STEPS, inner_optimizer: str = "sgd",
+                          inner_batch_size: int | None = None) -> MetaLearner:
     """One of :data:`GRADIENT_LEARNERS` on a fresh conv4 with per-task batch statistics.
 
-    ``inner_steps`` defaults to one training step (three for Reptile); ``use_query`` (Reptile only)
-    adapts on the query examples too, as Nichol et al. do. The model's weights are drawn from
-    torch's global generator, so seed it first (:func:`train_gradient_learner` does).
+    ``inner_steps`` defaults to one training step (three for Reptile); ``use_query``,
+    ``inner_optimizer`` and ``inner_batch_size`` (Reptile only) give Nichol et al.'s inner loop
+    (:class:`~mlhelpers.learners.reptile.Reptile`). The model's weights are drawn from torch's
+    global generator, so seed it first (:func:`train_gradient_learner` does).
     """
     _check_name("make_gradient_learner", name)
-    if use_query and name != "Reptile":
-        raise ValueError(f"make_gradient_learner: use_query=True is for Reptile only, got name={name!r}")
+    reptile_only = {"use_query": use_query, "inner_optimizer": inner_optimizer != "sgd",
+                    "inner_batch_size": inner_batch_size is not None}
+    for option, used in reptile_only.items():
+        if used and name != "Reptile":
+            raise ValueError(f"make_gradient_learner: {option} is for Reptile only, got name={name!r}")
     steps = inner_steps if inner_steps is not None else (3 if name == "Reptile" else 1)
     model = conv4(hidden_channels=CHANNELS, out_features=n_way, norm="task")
-    common = dict(inner_steps=steps, eval_inner_steps=TEST_STEPS, strategy="loop")
+    common = dict(inner_steps=steps, eval_inner_steps=eval_inner_steps, strategy="loop")
     if name == "MAML":
         return MAML(model, inner_lr=inner_lr, **common)
     if name == "FOMAML":
         return MAML(model, inner_lr=inner_lr, first_order=True, **common)
     if name == "Reptile":
-        return Reptile(model, inner_lr=inner_lr, use_query=use_query, **common)
+        return Reptile(model, inner_lr=inner_lr, use_query=use_query, inner_optimizer=inner_optimizer,
+                       inner_batch_size=inner_batch_size, **common)
     if name == "Meta-SGD":
         return MetaSGD(model, inner_lr_init=inner_lr, **common)
     return ANIL(model, inner_lr=inner_lr, **common)

@@ -53,6 +53,7 @@ def pretrain_classifier(
     seed: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    distortion: dict[str, float] | None = None,
 ) -> nn.Module:
     """Train ``backbone`` plus a linear head as an ordinary classifier over all classes of ``split``.
 
@@ -61,7 +62,9 @@ def pretrain_classifier(
     quarter turns) pair is its own class, as in :class:`~mlhelpers.samplers.episodic.EpisodicSampler`
     ``(rotations=True)``. ``backbone`` maps ``[batch, C, H, W]`` to features (flattened to
     ``[batch, D]``); ``split`` None means all classes; ``seed`` seeds the example draws and the head;
-    ``device`` None trains on the backbone's device. Returns ``backbone``, trained in place, in its
+    ``device`` None trains on the backbone's device; ``distortion`` (the keyword arguments of
+    :func:`~mlhelpers.data.augment.random_distortion`) distorts every example, as the meta-training
+    of the shipped learner does its episodes. Returns ``backbone``, trained in place, in its
     previous train/eval mode; the head is thrown away.
     """
     check_positive_int("steps", steps)
@@ -83,7 +86,7 @@ def pretrain_classifier(
     head = _seeded_linear(feature_dim, num_classes * n_rot, seed=int(torch.randint(2**62, (1,), generator=generator)))
     classifier = Classifier(backbone, head.to(device))
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    sampler = ExampleSampler(dataset.images, index, classes, rotations, generator)
+    sampler = ExampleSampler(dataset.images, index, classes, rotations, generator, distortion)
     try:
         meta_train(classifier, sampler, steps=steps, meta_batch_size=batch_size, optimizer=optimizer,
                    progress=progress)

@@ -17,12 +17,19 @@ picks on validation):
    paper's 5-way 1-shot Omniglot runs sample 12 drawings per class and take 12 Adam steps on
    mini-batches of 5, or, transductive, 15 drawings and 3 Adam steps on mini-batches of 25) and its outer
    update (plain interpolation, SGD with step 1 annealed linearly to 0, instead of Adam on the
-   Reptile direction), beside the chapter's setting.
+   Reptile direction), beside the chapter's setting. And Reptile with the paper's own 1-shot 5-way
+   Omniglot protocol (the README's command): 12 drawings per class, 12 steps of Adam (``beta1 = 0``,
+   step 0.00044) on mini-batches of 5, 3 tasks per meta-step, the same interpolation; at test 86
+   Adam steps on the 5 support drawings. It runs 6,000 meta-steps (the paper: 200,000), which
+   adapts on as many drawings in all as the other Reptile runs' 1,500 meta-steps of 8 tasks.
 
-Every run keeps the chapter's episodes, model, meta-batch and number of meta-steps. Run from the
-repository root, on one thread::
+Every other run keeps the chapter's episodes, model, meta-batch and number of meta-steps. Run from
+the repository root, on one thread::
 
     OMP_NUM_THREADS=1 python scripts/gradient_learner_protocols.py
+
+``--add`` trains only the configurations the output file does not hold yet and keeps the rest (a
+family's test score is redone if a new configuration now wins its validation).
 
 ``--steps 10 --val-episodes 10 --test-episodes 10 --out /tmp/x.json`` is a smoke test.
 """
@@ -49,7 +56,7 @@ N_WAY, K_SHOT = 5, 1
 META_BATCH_SIZE = META_BATCH[N_WAY]
 
 # name -> (family: the learner make_gradient_learner builds, its settings (``kind`` is only recorded),
-#          outer optimiser: "adam" or "reptile-sgd")
+#          outer optimiser: "adam" or "reptile-sgd"; PAPER_REPTILE changes the episodes too)
 CONFIGS = {
     "MAML, alpha 0.4 (chapter)": ("MAML", dict(kind="maml", inner_lr=0.4), "adam"),
     "FOMAML, alpha 0.4 (chapter)": ("FOMAML", dict(kind="fomaml", inner_lr=0.4), "adam"),
@@ -59,7 +66,14 @@ CONFIGS = {
         "Reptile", dict(kind="reptile", inner_lr=0.4, inner_steps=3, use_query=False), "adam"),
     "Reptile, 3 steps on support + query, SGD outer 1 -> 0": (
         "Reptile", dict(kind="reptile", inner_lr=0.4, inner_steps=3, use_query=True), "reptile-sgd"),
+    "Reptile, the paper's protocol (12 Adam steps on batches of 5, 6,000 steps of 3 tasks)": (
+        "Reptile", dict(kind="reptile", inner_lr=0.00044, inner_steps=12, use_query=True, inner_optimizer="adam",
+                        inner_batch_size=5, eval_inner_steps=86), "reptile-sgd"),
 }
+PAPER_REPTILE = {"Reptile, the paper's protocol (12 Adam steps on batches of 5, 6,000 steps of 3 tasks)":
+                 dict(drawings_per_class=12, meta_batch=3, steps_factor=4)}
+"""Episodes and budget of the paper's Reptile run: 12 drawings per class (1 support + 11 query, all
+adapted on), 3 tasks per meta-step, 4x the meta-steps of the others (as many drawings adapted on)."""
 
 
 def outer_optimiser(learner, kind: str, steps: int):
@@ -101,56 +115,74 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--gradient-batches", type=int, default=10)
     parser.add_argument("--out", type=Path, default=Path("notebooks/results/gradient_learner_protocols.json"))
+    parser.add_argument("--add", action="store_true", help="train only the configurations --out does not hold")
     args = parser.parse_args()
     torch.set_num_threads(1)
     omniglot = load_omniglot()
     started = time.perf_counter()
-    runs, models = {}, {}
+    earlier = json.loads(args.out.read_text()) if args.add and args.out.exists() else None
+    runs, models = dict(earlier["runs"]) if earlier else {}, {}
     for i, (name, (family, build, outer)) in enumerate(CONFIGS.items()):
+        if name in runs:
+            continue
         seed_everything(100 + i)
-        learner = make_gradient_learner(family, N_WAY, inner_lr=build["inner_lr"],
-                                        inner_steps=build.get("inner_steps"), use_query=build.get("use_query", False))
-        optimizer, scheduler = outer_optimiser(learner, outer, args.steps)
-        train = train_sampler(omniglot, N_WAY, seed=205)  # the chapter's 5-way episodes
+        options = {k: v for k, v in build.items() if k != "kind"}
+        learner = make_gradient_learner(family, N_WAY, **options)
+        episodes = PAPER_REPTILE.get(name, dict(drawings_per_class=K_SHOT + Q_QUERY, meta_batch=META_BATCH_SIZE,
+                                                steps_factor=1))
+        steps = args.steps * episodes["steps_factor"]
+        optimizer, scheduler = outer_optimiser(learner, outer, steps)
+        # the chapter's 5-way episodes (seed 205), with more query drawings for the paper's Reptile
+        train = EpisodicSampler(omniglot, N_WAY, K_SHOT, episodes["drawings_per_class"] - K_SHOT, "train",
+                                rotations=True, seed=205)
         start = time.perf_counter()
-        history = meta_train(learner, train, steps=args.steps, meta_batch_size=META_BATCH_SIZE, optimizer=optimizer,
+        history = meta_train(learner, train, steps=steps, meta_batch_size=episodes["meta_batch"], optimizer=optimizer,
                              scheduler=scheduler, seed=300 + i)
         seconds = time.perf_counter() - start
         val = evaluate(learner, EpisodicSampler(omniglot, N_WAY, K_SHOT, Q_QUERY, "val", seed=6005), args.val_episodes)
-        runs[name] = {"family": family, "settings": {**build, "outer": outer}, "train_seconds": seconds,
+        runs[name] = {"family": family, "settings": {**build, "outer": outer, **episodes, "steps": steps},
+                      "train_seconds": seconds,
                       "train_loss_per_50_steps": window_means(history.train_loss, 50),
                       "val": {"mean": val.mean, "ci95": val.ci95}}
         models[name] = learner
         print(f"{name}: val {100 * val.mean:.1f} +- {100 * val.ci95:.1f}% ({seconds:.0f} s)", flush=True)
 
-    chosen = {}
+    chosen = dict(earlier["chosen"]) if earlier else {}
     for family in ("MAML", "FOMAML", "Reptile"):
         best = max((n for n, r in runs.items() if r["family"] == family), key=lambda n: runs[n]["val"]["mean"])
+        if chosen.get(family, {}).get("config") == best:
+            continue
         test = evaluate(models[best], EpisodicSampler(omniglot, N_WAY, K_SHOT, Q_QUERY, "test", seed=7006),
                         args.test_episodes)
         chosen[family] = {"config": best, "test": {"mean": test.mean, "ci95": test.ci95,
                                                    "values": test.values.tolist()}}
         print(f"{family}: chose {best!r} on validation; test {100 * test.mean:.1f} +- {100 * test.ci95:.1f}%")
 
-    sampler = train_sampler(omniglot, N_WAY, seed=9005)
-    tasks = [sampler.sample(META_BATCH_SIZE) for _ in range(args.gradient_batches)]
-    gradients = {}
-    for alpha in (0.4, 0.1):
-        seed_everything(100)
-        fresh = make_gradient_learner("MAML", N_WAY, inner_lr=alpha).model
-        gradients[f"alpha {alpha}, random initialisation"] = dropped_term(fresh, alpha, tasks)
-        trained = models[f"MAML, alpha {alpha}" + (" (chapter)" if alpha == 0.4 else "")].model
-        gradients[f"alpha {alpha}, trained MAML"] = dropped_term(trained, alpha, tasks)
+    if earlier:
+        gradients = earlier["meta_gradient_gap"]
+    else:
+        sampler = train_sampler(omniglot, N_WAY, seed=9005)
+        tasks = [sampler.sample(META_BATCH_SIZE) for _ in range(args.gradient_batches)]
+        gradients = {}
+        for alpha in (0.4, 0.1):
+            seed_everything(100)
+            fresh = make_gradient_learner("MAML", N_WAY, inner_lr=alpha).model
+            gradients[f"alpha {alpha}, random initialisation"] = dropped_term(fresh, alpha, tasks)
+            trained = models[f"MAML, alpha {alpha}" + (" (chapter)" if alpha == 0.4 else "")].model
+            gradients[f"alpha {alpha}, trained MAML"] = dropped_term(trained, alpha, tasks)
 
+    command = "OMP_NUM_THREADS=1 python scripts/gradient_learner_protocols.py" + (
+        "" if args.steps == 1500 else f" --steps {args.steps}")
+    if earlier:
+        command = f"{earlier['command']}, then {command} --add"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "command": "OMP_NUM_THREADS=1 python scripts/gradient_learner_protocols.py"
-                   + ("" if args.steps == 1500 else f" --steps {args.steps}"),
+        "command": command,
         "protocol": {"n_way": N_WAY, "k_shot": K_SHOT, "q_query": Q_QUERY, "channels": CHANNELS,
                      "meta_batch": META_BATCH_SIZE, "steps": args.steps, "test_inner_steps": TEST_STEPS,
                      "val_episodes": args.val_episodes, "test_episodes": args.test_episodes},
         "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "seconds": time.perf_counter() - started,
+        "seconds": time.perf_counter() - started + (earlier["seconds"] if earlier else 0),
         "runs": runs, "chosen": chosen, "meta_gradient_gap": gradients,
     }, indent=1) + "\n")
     print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")

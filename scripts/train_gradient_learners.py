@@ -16,6 +16,9 @@ Run from the repository root (two runs at a time, one thread each; the committed
 ``--k-shot 5`` trains the same learners, with the same seeds, on 5-shot episodes and writes
 ``gradient_learners_omniglot_5shot.pt`` (``--ways 5`` for the 5-way runs only): models trained for
 the shot count they are tested at, which the chapter sets beside its fine-tuned 1-shot models.
+``--add`` keeps the runs already in the output file and adds (or replaces) the ones trained now, so
+the committed 5-shot file was made by ``--k-shot 5 --ways 5`` and then ``--k-shot 5 --ways 20 --add``
+(its ``command`` records both; the runs are seeded one by one, so the order changes nothing).
 ``--steps-5 4 --steps-20 3 --out /tmp/x.pt`` is a smoke test.
 """
 
@@ -42,6 +45,18 @@ def train_one(n_way: int, name: str, steps: int, k_shot: int) -> tuple[dict, dic
     return learner.state_dict(), history.to_dict(), seconds
 
 
+def with_earlier_runs(new: dict, earlier: dict) -> dict:
+    """``new``'s runs added to (or replacing) ``earlier``'s, with both commands and CPUs recorded."""
+    if earlier["k_shot"] != new["k_shot"]:
+        raise ValueError(f"--add: the file holds {earlier['k_shot']}-shot runs, not {new['k_shot']}-shot ones")
+    merged = {"command": f"{earlier['command']}, then {new['command']}", "k_shot": new["k_shot"],
+              "steps": {**earlier["steps"], **new["steps"]}, "workers": new["workers"],
+              "cpu": earlier["cpu"] if earlier["cpu"] == new["cpu"] else f"{earlier['cpu']}, then {new['cpu']}"}
+    for part in ("state_dicts", "histories", "train_seconds"):
+        merged[part] = {**earlier[part], **new[part]}
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps-5", type=int, default=1500, help="meta-steps at 5-way")
@@ -49,6 +64,7 @@ def main() -> None:
     parser.add_argument("--k-shot", type=int, default=1, help="shots per class in training (the chapter: 1)")
     parser.add_argument("--ways", type=int, nargs="+", default=[5, 20], choices=[5, 20])
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one thread each")
+    parser.add_argument("--add", action="store_true", help="keep the runs already in the output file")
     parser.add_argument("--out", help="default: notebooks/results/gradient_learners_omniglot.pt "
                                       "(1-shot), gradient_learners_omniglot_5shot.pt (5-shot)")
     args = parser.parse_args()
@@ -58,6 +74,8 @@ def main() -> None:
     command = "python scripts/train_gradient_learners.py" + ("" if args.k_shot == 1 else f" --k-shot {args.k_shot}")
     if args.ways != [5, 20]:
         command += " --ways " + " ".join(map(str, args.ways))
+    if args.add:
+        command += " --add"
     with ProcessPoolExecutor(max_workers=args.workers) as pool:  # independent, seeded runs: order does not matter
         futures = {f"{n_way}-way {name}": pool.submit(train_one, n_way, name, steps[n_way], args.k_shot)
                    for n_way in steps for name in GRADIENT_LEARNERS}
@@ -67,6 +85,8 @@ def main() -> None:
               "state_dicts": {key: t[0] for key, t in trained.items()},
               "histories": {key: t[1] for key, t in trained.items()},
               "train_seconds": {key: t[2] for key, t in trained.items()}}
+    if args.add and out.exists():
+        stored = with_earlier_runs(stored, torch.load(out, map_location="cpu", weights_only=True))
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(stored, out)
     print("wrote", out, f"({out.stat().st_size / 1e6:.1f} MB)")

@@ -17,6 +17,7 @@ from mlhelpers.data.augment import (
     shifted_copies,
 )
 from mlhelpers.samplers.episodic import EpisodicSampler
+from mlhelpers.samplers.examples import ExampleSampler, split_examples
 from mlhelpers.samplers.wrappers import AugmentedSampler
 
 
@@ -147,3 +148,20 @@ def test_distortion_without_stroke_parts_is_random_affine():
     assert sampler.sample(1).support_x.shape == (1, 6, 1, 8, 8)
     with pytest.raises(ValueError, match="elastic_alpha must be a finite number >= 0"):
         AugmentedSampler(EpisodicSampler(make_dataset(size=8), 3, 2, 2, seed=0), elastic_alpha=-1.0)
+
+
+def test_example_sampler_distorts_each_example_after_its_turns_and_keeps_the_labels():
+    dataset = make_dataset(size=8)
+    index, classes = split_examples(dataset, "train")
+    plain = ExampleSampler(dataset.images, index, classes, True, torch.Generator().manual_seed(3))
+    warped = ExampleSampler(dataset.images, index, classes, True, torch.Generator().manual_seed(3),
+                            distortion={"max_rotate": 20.0})
+    a, b = plain.sample(16), warped.sample(16)
+    torch.testing.assert_close(a.y, b.y)  # the same examples and turns: the distortion draws last
+    where_warped_drew = torch.Generator()
+    where_warped_drew.set_state(plain.generator.get_state())
+    torch.testing.assert_close(b.x, random_affine(a.x, max_rotate=20.0, generator=where_warped_drew))
+    assert not torch.allclose(a.x, b.x)
+    with pytest.raises(ValueError, match="max_rotate"):
+        ExampleSampler(dataset.images, index, classes, True, torch.Generator(), distortion={"max_rotate": -1.0})
+

@@ -39,6 +39,11 @@ def test_builds_each_learner_with_the_chapters_settings():
     assert meta_sgd_steps.numel() > 0 and torch.allclose(meta_sgd_steps, torch.full_like(meta_sgd_steps, INNER_LR))
     assert make_gradient_learner("MAML", 20).model(torch.zeros(2, 1, 28, 28)).shape == (2, 20)
     assert make_gradient_learner("Reptile", 5, inner_steps=5, use_query=True).use_query
+    own = make_gradient_learner("Reptile", 5, inner_optimizer="adam", inner_batch_size=5, eval_inner_steps=86)
+    assert (own.inner_optimizer, own.inner_batch_size, own.eval_inner_steps) == ("adam", 5, 86)
+    for option in (dict(inner_optimizer="adam"), dict(inner_batch_size=5)):
+        with pytest.raises(ValueError, match=f"{next(iter(option))} is for Reptile only"):
+            make_gradient_learner("FOMAML", 5, **option)
 
 
 def test_training_is_reproducible_and_seeded_per_learner(omniglot):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -226,6 +227,58 @@ def test_reptile_update_is_its_definition(use_query):
         torch.testing.assert_close(p.detach(), expected, rtol=1e-10, atol=1e-12)
         assert not torch.allclose(p, theta[n])
     assert history.train_loss[0] == pytest.approx(sum(query_losses) / len(query_losses), rel=1e-10)
+
+
+def test_reptile_adam_inner_loop_is_torch_adam_with_beta1_zero_on_its_mini_batches():
+    """The own inner loop: Adam (beta1 = 0) on mini-batches taken in turn from a shuffled copy,
+    reshuffled when they run out; checked against torch.optim.Adam on the same batches."""
+    model, lr, steps, batch = tiny_mlp(), 0.05, 4, 4
+    task = DoubleSampler(seed=3).sample(2)
+    learner = Reptile(model, inner_lr=lr, inner_steps=steps, inner_optimizer="adam", inner_batch_size=batch)
+    torch.manual_seed(11)
+    fast = learner.adapt(task.support_x, task.support_y)
+    torch.manual_seed(11)  # the same draws: a permutation per pass, per task
+    n = task.support_x.shape[1]
+    for i, (sx, sy) in enumerate(zip(task.support_x, task.support_y)):
+        clone = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(clone.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        order, used = torch.randperm(n), 0
+        for _ in range(steps):
+            if used + batch > n:
+                order, used = torch.randperm(n), 0
+            index = order[used:used + batch]
+            used += batch
+            optimizer.zero_grad()
+            ((clone(sx[index]) - sy[index]) ** 2).mean().backward()
+            optimizer.step()
+        for name, p in clone.named_parameters():
+            torch.testing.assert_close(fast[name][i], p.detach(), rtol=1e-10, atol=1e-12)
+    assert n % batch != 0  # the reshuffle after a partial pass was exercised
+    assert all(not torch.allclose(fast[name][0], p) for name, p in model.named_parameters())
+
+
+def test_reptile_own_loop_with_full_batch_sgd_is_the_shared_inner_loop():
+    model = tiny_mlp()
+    task = DoubleSampler(seed=5).sample(3)
+    shared = Reptile(model, inner_lr=0.1, inner_steps=3).adapt(task.support_x, task.support_y)
+    own = Reptile(model, inner_lr=0.1, inner_steps=3, inner_batch_size=task.support_x.shape[1])
+    for name, p in own.adapt(task.support_x, task.support_y).items():
+        torch.testing.assert_close(p, shared[name], rtol=1e-10, atol=1e-12)
+
+
+def test_reptile_adam_update_is_still_theta_minus_the_mean_of_phi():
+    model, eps = tiny_mlp(), 0.5
+    theta = {n: p.detach().clone() for n, p in model.named_parameters()}
+    learner = Reptile(model, inner_lr=0.05, inner_steps=3, inner_optimizer="adam", use_query=True)
+    task = DoubleSampler(seed=9).sample(3)
+    with torch.no_grad():
+        learner.train()
+        x, y = torch.cat([task.support_x, task.query_x], 1), torch.cat([task.support_y, task.query_y], 1)
+        phi = learner._own_inner_loop(x, y, learner.inner_steps)  # full batch: no randomness
+    meta_train(learner, SimpleNamespace(sample=lambda num_tasks: task), steps=1, meta_batch_size=3,
+               optimizer=torch.optim.SGD(learner.parameters(), lr=eps), progress=False)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), theta[n] + eps * (phi[n].mean(0) - theta[n]), rtol=1e-10, atol=1e-12)
 
 
 # --- loop and vmap agree, with batch norm too ------------------------------------------------------

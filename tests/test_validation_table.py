@@ -66,7 +66,7 @@ from mlhelpers.learners import (
 )
 from mlhelpers.learners.functional import sgd_steps
 from mlhelpers.learners.parallel import fastest, map_tasks_in_threads
-from mlhelpers.models import conv4, mlp
+from mlhelpers.models import conv4, mlp, resnet12
 from mlhelpers.plotting import plot_regression_tasks, show_episode
 from mlhelpers.rl import GaussianPolicy, PointNavigation, adapt_policy, reinforce_loss, rollout, sample_goals
 from mlhelpers.samplers.episodic import EpisodicSampler
@@ -519,6 +519,8 @@ TRIGGERS: dict[str, Callable] = {
     "parallel-workers": lambda: map_tasks_in_threads(lambda m, t: None, nn.Linear(1, 1), image_task(), 0),
     "parallel-fastest-rounds": lambda: fastest({"a": lambda: None}, rounds=0),
     "parallel-fastest-empty": lambda: fastest({}),
+    "reptile-inner-optimizer": lambda: Reptile(mlp(1, 1), inner_optimizer="rmsprop"),
+    "reptile-inner-batch": lambda: Reptile(mlp(1, 1), inner_batch_size=0),
     "anil-head": lambda: ANIL(mlp(1, 1), head=9),
     "cavia-num-context": lambda: CAVIA(mlp(1, 1), num_context=0),
     "cavia-film-after": lambda: CAVIA(mlp(1, 1, hidden=(4, 4)), film_after=7, channels=4),
@@ -531,6 +533,7 @@ TRIGGERS: dict[str, Callable] = {
     # Models
     "model-norm": lambda: conv4(norm="layer"),
     "model-size": lambda: conv4(hidden_channels=0),
+    "model-resnet12-widths": lambda: resnet12(widths=(8, 16, 32)),
     "model-image-size": lambda: conv4(out_features=5, image_size=8, num_blocks=4),
     "model-activation": lambda: mlp(1, 1, activation=torch.relu),
     # Evaluation

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mlhelpers.data.augment import random_distortion
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import ROTATIONS
 
@@ -52,26 +53,35 @@ class ExampleSampler:
         index, classes: ``[n]`` the split's dataset indices and their class index within the split.
         rotations: see above.
         generator: draws the examples and turns; :meth:`state_dict` saves it.
+        distortion: None, or the keyword arguments of
+            :func:`~mlhelpers.data.augment.random_distortion` (as :class:`~mlhelpers.samplers.wrappers.AugmentedSampler`
+            takes them): every example is distorted after its turns, with draws from ``generator``.
     """
 
     def __init__(self, images: Tensor, index: Tensor, classes: Tensor, rotations: bool,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, distortion: dict[str, float] | None = None) -> None:
         self.images, self.index, self.classes = images, index, classes
         self.rotations = rotations
         self.generator = generator
+        self.distortion = distortion
+        if distortion is not None:
+            random_distortion(torch.zeros(1, 1, 4, 4), **distortion)  # check the arguments now
 
     def sample(self, n: int) -> LabelledBatch:
         """``n`` examples as a :class:`LabelledBatch` on the CPU."""
         pick = torch.randint(len(self.index), (n,), generator=self.generator)
         x = self.images[self.index[pick]]
-        if not self.rotations:
-            return LabelledBatch(x, self.classes[pick])
-        turns = torch.randint(ROTATIONS, (n,), generator=self.generator)
-        for k in range(1, ROTATIONS):
-            mask = turns == k
-            if mask.any():
-                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        return LabelledBatch(x, self.classes[pick] * ROTATIONS + turns)
+        y = self.classes[pick]
+        if self.rotations:
+            turns = torch.randint(ROTATIONS, (n,), generator=self.generator)
+            for k in range(1, ROTATIONS):
+                mask = turns == k
+                if mask.any():
+                    x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+            y = y * ROTATIONS + turns
+        if self.distortion is not None:
+            x = random_distortion(x, generator=self.generator, **self.distortion)
+        return LabelledBatch(x, y)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"generator": self.generator.get_state()}
