@@ -91,7 +91,7 @@ from mlhelpers.learners import (
     refine_prototypes,
     relation_backbone,
 )
-from mlhelpers.models import conv4
+from mlhelpers.models import RESNET12_WIDTHS, conv4, resnet12
 from mlhelpers.plotting import plot_learning_curves, show_episode
 from mlhelpers.pretraining import pretrain_classifier
 from mlhelpers.samplers.episodic import EpisodicSampler
@@ -608,14 +608,21 @@ if not quick_mode():  # the text below: every lever helped, in the order of the 
 #   the same averaging (and checks that at 28 it rebuilds the shipped images, to within rounding);
 # - `--steps`: a longer schedule (the cosine decay stretched over it);
 # - `--channels`: a wider backbone (conv4 with more channels per layer);
-# - `--distortion-scale`: the augmentation's distortions scaled up, or switched off (0);
+# - `--resnet12-width`: a deeper backbone, the ResNet-12 of current few-shot work (Oreshkin et al.
+#   2018; Lee et al. 2019; `mlhelpers.models.resnet12`: four residual blocks of three convolutions
+#   each, then global average pooling) at a quarter of its standard widths (16, 40, 80, 160 channels
+#   instead of 64, 160, 320, 640; the cell below prints the sizes): at the standard widths one run
+#   would take hours on one thread;
+# - `--distortion-scale`: the augmentation's distortions scaled down (0.5), up (1.5, 2), or switched
+#   off (0);
 # - `--stroke-change`, `--elastic-alpha`: stroke-level augmentation on top of the affine one:
 #   strokes thickened or thinned by up to a fraction of a pixel (`random_stroke_width`), or bent by
 #   a smooth random displacement field (`random_elastic`, the elastic distortion of Simard et al.
 #   2003), as the next figure shows;
 # - `--pretrain-steps`: first train the backbone as an ordinary classifier of all meta-training
 #   classes (rotations as classes, as section 4.4's nearest-centroid baseline is trained), then
-#   meta-train it as usual (Chen et al. 2019; Tian et al. 2020);
+#   meta-train it as usual (Chen et al. 2019; Tian et al. 2020); with `--pretrain-augment` the
+#   pre-training examples get the recipe's distortions too, as the meta-training episodes do;
 # - `--train-alphabets`: not a lever but a measurement of the data: meta-train on only the first
 #   one or two of the four meta-training alphabets (Japanese katakana, then Korean), to see how
 #   accuracy falls with fewer characters to learn from (section 4.6's last paragraph reads it);
@@ -657,6 +664,13 @@ for row in lever_rows:  # each row against the reference run on its own CPU
         row["change"] = row["within"]["mean"] - reference["val_within_alphabet_20way_1shot"]["mean"]
         row["noise"] = math.hypot(row["within"]["ci95"], reference["val_within_alphabet_20way_1shot"]["ci95"])
         row["cpu_ratio"] = row["cpu_seconds"] / reference["cpu_seconds"]
+def parameter_millions(module):
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+print(f"parameters: conv4 {parameter_millions(conv4()):.2f}M; ResNet-12 at widths (16, 40, 80, 160) "
+      f"{parameter_millions(resnet12(widths=(16, 40, 80, 160))):.2f}M, at the standard widths {RESNET12_WIDTHS} "
+      f"{parameter_millions(resnet12()):.1f}M")
 if lever_rows:
     print(f"loaded {levers_file.name}: {len(lever_rows)} runs of scripts/omniglot_levers.py")
     display(markdown_table(
@@ -684,6 +698,8 @@ if lever_rows:  # the paragraph on the levers, from the table's numbers
                       for row in moved if verdict(row) == v] for v in ("helped", "hurt", "within the noise")}
     best_row = max((row for row in lever_rows if row not in data_rows), key=lambda row: row["within"]["mean"])
     this_cpu = max(lever_reference, key=lambda cpu: sum(row["cpu"] == cpu for row in lever_rows))
+    strength = {row["distortion_scale"]: row["within"]["mean"] for row in lever_rows  # the augmentation sweep
+                if row["cpu"] == this_cpu and row["lever"] in ("none", "distortion-scale")}
     retrained = lever_reference[this_cpu]["val_within_alphabet_20way_1shot"]
     display(Markdown(
         f"**What the levers say.** The shipped recipe retrained with the seeds of the shipped member "
@@ -697,6 +713,11 @@ if lever_rows:  # the paragraph on the levers, from the table's numbers
         + (". No lever beat the recipe itself" if best_row["lever"] == "none" else f". The best lever is `{best_row['flags']}`")
         + f": one network is at {100 * (1 - best_row['within']['mean']):.1f}% error on the validation "
         f"alphabets, {(1 - best_row['within']['mean']) / 0.045:.1f} times people's 4.5%."
+        + (" The augmentation's strength, swept on its own (the distortions scaled by "
+           + ", ".join(f"{scale:g}" for scale in sorted(strength)) + "): "
+           + ", ".join(f"{100 * strength[scale]:.1f}%" for scale in sorted(strength))
+           + f"; the recipe's strength ({max(strength, key=strength.get):g}x) is the best of the {len(strength)}, "
+           "and accuracy falls on both sides." if len(strength) > 2 else "")
         + "".join(
             f" Distilled from the shipped ensemble, one network classifies a 20-way episode in "
             f"{1000 * row['episode_seconds']:.0f} ms against the shipped learner's "
@@ -706,6 +727,8 @@ if lever_rows:  # the paragraph on the levers, from the table's numbers
             for row in lever_rows if "episode_seconds" in row)))
     if not quick_mode():  # the summary: no lever made one network better; the figure shows the stroke-level rows' settings
         assert not by_verdict["helped"], by_verdict["helped"]
+        assert max(strength, key=strength.get) == 1 and len(strength) == 5, strength  # the sentence on the sweep
+        assert all(strength[a] < strength[b] for a, b in ((0, 0.5), (0.5, 1), (2, 1.5), (1.5, 1))), strength
         distilled = next(row for row in lever_rows if "episode_seconds" in row)
         assert verdict(distilled) == "within the noise" and distilled["within"]["mean"] < val[best].mean
         assert distilled["shipped_episode_seconds"] > 5 * distilled["episode_seconds"]
@@ -1489,9 +1512,10 @@ print(f"within-alphabet 20-way 1-shot, meta-validation: the two heads label {100
 # - Snell et al.'s protocol (more ways, rotations, matched shots), augmentation, test-time
 #   averaging and a small ensemble make a conv4 ProtoNet strong on alphabets it has never seen;
 #   the shipped learner, `mlhelpers.pretrained.load()`, is the best of them on meta-validation.
-#   More of the same did not help one network further: a longer run, a wider backbone, a higher
-#   resolution, stronger or stroke-level augmentation and classifier pre-training each left its
-#   validation accuracy level or lower; a network distilled from the ensemble was as accurate as one
+#   More of the same did not help one network further: a longer run, a wider backbone, a deeper
+#   one (a narrow ResNet-12), a higher resolution, weaker, stronger or stroke-level augmentation
+#   and classifier pre-training (with or without augmentation) each left its validation accuracy
+#   level or lower; a network distilled from the ensemble was as accurate as one
 #   trained on the labels (less so than the ensemble) and many times faster than the ensemble (section 4.6).
 # - Letting an episode's unlabelled queries refine the prototypes (soft k-means, a transductive
 #   inference with the same networks) helps most where one drawing per class is least
