@@ -11,11 +11,10 @@ picks on validation):
    ``alpha`` = 0.4 and 0.1 and compare the gaps; and measure the dropped term directly: the cosine
    between the first- and second-order meta-gradients, and the first-order one's relative error, at
    the random initialisation and at each trained MAML's weights.
-2. *Reptile is run with MAML's inner loop, not its own.* Train Reptile with the paper's inner
-   protocol as far as the package allows (adapt on the query examples too: 6 drawings per class,
-   three full-batch SGD steps at the chapter's step; the commands the Reptile README gives for the
-   paper's 5-way 1-shot Omniglot runs sample 12 drawings per class and take 12 Adam steps on
-   mini-batches of 5, or, transductive, 15 drawings and 3 Adam steps on mini-batches of 25) and its outer
+2. *Reptile is run with MAML's inner loop, not its own.* Train Reptile a step closer to its own
+   protocol (adapt on the query examples too: 6 drawings per class, three full-batch SGD steps at
+   the chapter's step; the README's transductive command samples 15 drawings and takes 3 Adam steps
+   on mini-batches of 25) with its outer
    update (plain interpolation, SGD with step 1 annealed linearly to 0, instead of Adam on the
    Reptile direction), beside the chapter's setting. And Reptile with the paper's own 1-shot 5-way
    Omniglot protocol (the README's command): 12 drawings per class, 12 steps of Adam (``beta1 = 0``,
@@ -55,6 +54,7 @@ from mlhelpers.training import meta_train
 N_WAY, K_SHOT = 5, 1
 META_BATCH_SIZE = META_BATCH[N_WAY]
 
+PAPER_REPTILE_NAME = "Reptile, the paper's protocol (12 Adam steps on batches of 5, 6,000 steps of 3 tasks)"
 # name -> (family: the learner make_gradient_learner builds, its settings (``kind`` is only recorded),
 #          outer optimiser: "adam" or "reptile-sgd"; PAPER_REPTILE changes the episodes too)
 CONFIGS = {
@@ -66,12 +66,11 @@ CONFIGS = {
         "Reptile", dict(kind="reptile", inner_lr=0.4, inner_steps=3, use_query=False), "adam"),
     "Reptile, 3 steps on support + query, SGD outer 1 -> 0": (
         "Reptile", dict(kind="reptile", inner_lr=0.4, inner_steps=3, use_query=True), "reptile-sgd"),
-    "Reptile, the paper's protocol (12 Adam steps on batches of 5, 6,000 steps of 3 tasks)": (
+    PAPER_REPTILE_NAME: (
         "Reptile", dict(kind="reptile", inner_lr=0.00044, inner_steps=12, use_query=True, inner_optimizer="adam",
                         inner_batch_size=5, eval_inner_steps=86), "reptile-sgd"),
 }
-PAPER_REPTILE = {"Reptile, the paper's protocol (12 Adam steps on batches of 5, 6,000 steps of 3 tasks)":
-                 dict(drawings_per_class=12, meta_batch=3, steps_factor=4)}
+PAPER_REPTILE = {PAPER_REPTILE_NAME: dict(drawings_per_class=12, meta_batch=3, steps_factor=4)}
 """Episodes and budget of the paper's Reptile run: 12 drawings per class (1 support + 11 query, all
 adapted on), 3 tasks per meta-step, 4x the meta-steps of the others (as many drawings adapted on)."""
 

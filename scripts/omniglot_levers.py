@@ -18,7 +18,7 @@ shipped recipe):
 - ``--channels``: a wider (or narrower) conv4 backbone.
 - ``--resnet12-width``: a ResNet-12 backbone (``mlhelpers.models.resnet12``) instead of the conv4,
   with block widths of this many channels times 1, 2.5, 5 and 10 (64 is the standard ResNet-12 of
-  current few-shot work; 32 costs about 3x the conv4's time per step at 28 x 28).
+  current few-shot work; 32 took about 4x the conv4's time per step at 28 x 28 in a smoke run).
 - ``--distortion-scale``: every affine distortion of the shipped augmentation scaled by this factor
   (0: no augmentation).
 - ``--stroke-change``: stroke-level augmentation on top of the affine one: strokes thickened or

@@ -185,6 +185,11 @@ def random_distortion(
     return random_elastic(out, elastic_alpha, elastic_sigma, generator=generator)
 
 
+def check_distortion(**distortion_kwargs: float) -> None:
+    """Raise now, naming the argument, if :func:`random_distortion` would refuse ``distortion_kwargs``."""
+    random_distortion(torch.zeros(1, 1, 4, 4), **distortion_kwargs)
+
+
 def shifted_copies(x: Tensor, pixels: int = 1) -> Tensor:
     """``[5, ..., C, H, W]``: ``x`` itself and ``x`` shifted by ``pixels`` up, down, left and right.
 

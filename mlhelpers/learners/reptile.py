@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mlhelpers.learners.base import task_loss
-from mlhelpers.learners.functional import Params, module_for_this_thread
+from mlhelpers.learners.functional import Params, gradients
 from mlhelpers.learners.maml import GradientLearner
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_bool, check_positive, check_positive_int
@@ -75,11 +75,11 @@ class Reptile(GradientLearner):
         :meth:`_own_inner_loop`; first order either way, so ``create_graph`` is never set here."""
         if self.inner_optimizer == "sgd" and self.inner_batch_size is None:
             return super().inner_loop(support_x, support_y, steps=steps, create_graph=create_graph, track=track)
-        theta = {n: p for n, p in self.model.named_parameters() if n in self.adapt_names()}
         fast = self._own_inner_loop(support_x, support_y, steps)
         if not track:
             return fast
         # First order: the identity path from theta, as MAML's first-order inner loop keeps it.
+        theta = dict(self.model.named_parameters())
         return {n: theta[n] + (p - theta[n].detach()) for n, p in fast.items()}
 
     def _own_inner_loop(self, support_x: Tensor, support_y: Tensor, steps: int) -> Params:
@@ -89,7 +89,6 @@ class Reptile(GradientLearner):
         names = self.adapt_names()
         n = support_x.shape[1]
         batch = n if self.inner_batch_size is None else min(self.inner_batch_size, n)
-        model = module_for_this_thread(self.model)
         adapted = []
         for sx, sy in zip(support_x, support_y):
             fast = {k: p.detach() for k, p in self.model.named_parameters() if k in names}
@@ -102,9 +101,10 @@ class Reptile(GradientLearner):
                 index = order[used:used + batch]
                 used += batch
                 leaves = {k: p.requires_grad_() for k, p in fast.items()}
+                x, y = self.features(sx[index]), sy[index]
                 with torch.enable_grad():
-                    loss = task_loss(torch.func.functional_call(model, leaves, (sx[index],))[None], sy[index][None])
-                    grads = dict(zip(names, torch.autograd.grad(loss, [leaves[k] for k in names])))
+                    grads = gradients(lambda f, x=x, y=y: task_loss(self.forward_adapted(f, x)[None], y[None]), leaves,
+                                      create_graph=False, functional=False)
                 with torch.no_grad():
                     if self.inner_optimizer == "sgd":
                         fast = {k: p - self.inner_lr * grads[k] for k, p in leaves.items()}

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mlhelpers.data.augment import random_distortion
+from mlhelpers.data.augment import check_distortion, random_distortion
 from mlhelpers.data.labelled import LabelledDataset
 from mlhelpers.samplers.episodic import ROTATIONS
 
@@ -65,7 +65,7 @@ class ExampleSampler:
         self.generator = generator
         self.distortion = distortion
         if distortion is not None:
-            random_distortion(torch.zeros(1, 1, 4, 4), **distortion)  # check the arguments now
+            check_distortion(**distortion)
 
     def sample(self, n: int) -> LabelledBatch:
         """``n`` examples as a :class:`LabelledBatch` on the CPU."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mlhelpers.data.augment import random_distortion
+from mlhelpers.data.augment import check_distortion, random_distortion
 from mlhelpers.samplers.base import TaskSampler
 from mlhelpers.tasks import Task
 from mlhelpers.validation import check_positive_int, describe
@@ -53,7 +53,7 @@ class AugmentedSampler(SamplerWrapper):
     def __init__(self, sampler: TaskSampler, seed: int | None = None, **distortion_kwargs: float) -> None:
         super().__init__(sampler, seed)
         self.distortion_kwargs = distortion_kwargs
-        random_distortion(torch.zeros(1, 1, 4, 4), **distortion_kwargs)  # check the arguments now
+        check_distortion(**distortion_kwargs)
 
     def _sample(self, num_tasks: int) -> Task:
         task = self.sampler._sample(num_tasks)
