@@ -37,8 +37,8 @@ shipped recipe):
 - ``--distill``: train the network on the shipped ensemble's query probabilities instead of the
   labels (``mlhelpers.distillation``; the teacher is the ensemble without its test-time shifts, 3
   forward passes per image rather than 15). ``--teacher-shifts`` keeps the teacher's test-time
-  shifts (the shipped learner itself, 15 forward passes per image, at about five times the
-  teacher's cost). The row also gives the time to classify one
+  shifts (the shipped learner itself: 15 forward passes per image, five times the teacher's
+  3). The row also gives the time to classify one
   within-alphabet 20-way episode with the distilled network and with the shipped learner, measured
   back to back on the same 100 episodes.
 
@@ -208,9 +208,7 @@ def main() -> None:
         backbone = pretrain_classifier(conv4(hidden_channels=channels, norm="batch"), omniglot, "train",
                                        steps=args.pretrain_steps, seed=0,
                                        distortion=distortion if args.pretrain_augment and augment else None)
-    teacher = None
-    if args.distill:
-        teacher = EnsembleProtoNet(list(shipped.backbones), tta_shift=shipped.tta_shift if args.teacher_shifts else 0)
+    teacher = (shipped if args.teacher_shifts else EnsembleProtoNet(list(shipped.backbones))) if args.distill else None
     backbone = train_member(omniglot, seed=0, steps=steps, n_way=recipe["ways"], k_shot=recipe["shots"],
                             q_query=recipe["queries"], augment=augment, hidden_channels=channels,
                             schedule=recipe["schedule"], distortion=distortion if augment else None,
