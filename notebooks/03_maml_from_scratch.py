@@ -1038,6 +1038,7 @@ if budget_names and reptile_paper:
     doublings_left = math.log2(PAPER_REPTILE_STEPS / budget_steps[-1])
     extrapolated = budget_acc[-1] + gains[-1] * doublings_left
     maml_best = val_acc["MAML, alpha 0.1"]
+    maml_steps, maml_batch = protocols["protocol"]["steps"], protocols["protocol"]["meta_batch"]
     hours_at_paper_budget = min(protocol_runs[name]["train_seconds"] / steps
                                 for name, steps in zip(budget_names, budget_steps)) * PAPER_REPTILE_STEPS / 3600
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
@@ -1045,7 +1046,7 @@ if budget_names and reptile_paper:
                 label="Reptile, the paper's protocol (3 tasks per step)")
     ax.plot([budget_steps[-1], PAPER_REPTILE_STEPS], [budget_acc[-1], min(extrapolated, 100)], "--", color="C0",
             label=f"extrapolated: {gains[-1]:+.1f} points per doubling")
-    ax.axhline(maml_best, color="C1", label="MAML, $\\alpha$ = 0.1 (1,500 steps of 8 tasks)")
+    ax.axhline(maml_best, color="C1", label=f"MAML, $\\alpha$ = 0.1 ({maml_steps:,} steps of {maml_batch} tasks)")
     ax.axvline(PAPER_REPTILE_STEPS, color="grey", lw=0.8, ls=":")
     ax.text(PAPER_REPTILE_STEPS, budget_acc[0], " the paper's\n budget", ha="right", va="bottom", fontsize=8)
     ax.set_xscale("log")
@@ -1070,13 +1071,13 @@ if budget_names and reptile_paper:
         f"gained as much as the last one, Reptile would reach about {min(extrapolated, 100):.0f}%"
         + (f", level with or above MAML's {maml_best:.1f}%: at the paper's budget the gap could close. "
            if extrapolated >= maml_best else
-           f", still below MAML's {maml_best:.1f}% at $\\alpha = 0.1$ (which had 12,000 tasks to Reptile's "
-           f"{budget_steps[-1] * 3:,}). ")
+           f", still below MAML's {maml_best:.1f}% at $\\alpha = 0.1$ (which had {maml_steps * maml_batch:,} tasks to "
+           f"Reptile's {reptile_tasks:,}). ")
         + ("Gains must shrink in the end for an accuracy bounded by 100%; if they keep shrinking as they do here, "
            "that straight line overstates what the paper's budget would give. " if shrinking else "")
         + "Either way this is an extrapolation from three points, not a measurement (the paper's budget would take "
         f"about {hours_at_paper_budget:.0f} hours on one thread at the fastest of these runs' speeds). What the runs "
-        f"do show is that Reptile after {budget_steps[-1] * 3:,} tasks stays below MAML after 12,000: on this problem "
+        f"do show is that Reptile after {reptile_tasks:,} tasks stays below MAML after {maml_steps * maml_batch:,}: on this problem "
         "Reptile needs more meta-training than MAML, and the paper's budget is part of the paper's result."))
 
 # %% [markdown]
